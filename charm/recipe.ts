@@ -1,0 +1,72 @@
+/**
+ * Recipes: the code behind charms, shipped with the service and registered by
+ * name in `recipes/mod.ts`.
+ *
+ * A recipe validates its argument and result cells with zod schemas and
+ * implements one or more updater streams. A run calls one stream with a
+ * {@linkcode RunContext}; cell writes made through the context are buffered
+ * and committed atomically only when the handler settles successfully before
+ * the deadline.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import type { z } from "zod";
+import type { DidKey } from "./did.ts";
+import type { UpdaterName } from "./updaters.ts";
+
+/** A charm cell as a run sees it: read the current value, buffer a new one. */
+export interface Cell<T> {
+  /** The value as of the start of the run, or the last `set` in this run. */
+  get(): T;
+  /** Buffers a new value; committed only if the run succeeds in time. */
+  set(value: T): void;
+}
+
+/** What a stream handler gets for one run. */
+export interface RunContext<A, R> {
+  space: DidKey;
+  charmId: string;
+  /** The integration that scheduled the run, or `null` for a manual run. */
+  integration: string | null;
+  /** The scheduled slot (epoch ms) this run belongs to. */
+  slot: number;
+  /** 1 for the first try, 2 for the first retry, ... */
+  attempt: number;
+  argument: Cell<A>;
+  result: Cell<R>;
+  /** Aborted when the run times out or the service shuts down. */
+  signal: AbortSignal;
+  /** The service's `fetch` (injected, so tests and policies can wrap it). */
+  fetch: typeof fetch;
+  /** A logger scoped to this charm. */
+  logger: Logger;
+  /** The service clock, epoch ms. */
+  now(): number;
+}
+
+/** A stream handler. It settles to end the run; throwing fails it. */
+export type StreamHandler<A, R> = (ctx: RunContext<A, R>) => Promise<void>;
+
+/** A recipe definition. */
+export interface Recipe<A, R> {
+  /** Registry name, used in `POST /api/charms {recipe}`. */
+  name: string;
+  /** One line for listings. */
+  description: string;
+  argumentSchema: z.ZodType<A>;
+  resultSchema: z.ZodType<R>;
+  /** The result cell of a new charm. */
+  initialResult(argument: A): R;
+  /** The updater streams this recipe implements. */
+  handlers: Partial<Record<UpdaterName, StreamHandler<A, R>>>;
+}
+
+/** A recipe of any cell types, as the registry holds them. */
+// deno-lint-ignore no-explicit-any
+export type AnyRecipe = Recipe<any, any>;
+
+/** Identity helper that keeps a recipe's cell types inferred. */
+export function defineRecipe<A, R>(recipe: Recipe<A, R>): Recipe<A, R> {
+  return recipe;
+}

@@ -1,0 +1,49 @@
+/**
+ * The queue listener's dispatcher: validates each raw message and hands it
+ * to exactly one handler by `type`. A malformed message is dead-lettered with
+ * the reason, never thrown back to be redelivered forever.
+ *
+ * @module
+ */
+import { logger } from "../lib/log.ts";
+import type { ServiceDeps } from "../service/deps.ts";
+import { writeDeadLetter } from "../store/dead_letters.ts";
+import type { Message, MessageType } from "./messages.ts";
+import { parseMessage } from "./messages.ts";
+import { runCharm } from "./run_charm.ts";
+
+/** One handler per message type; the compiler checks none is missing. */
+export const HANDLERS = {
+  run: runCharm,
+} satisfies {
+  [T in MessageType]: (
+    deps: ServiceDeps,
+    message: Extract<Message, { type: T }>,
+  ) => Promise<unknown>;
+};
+
+/**
+ * Handles one raw queue message.
+ *
+ * @returns what the handler returned, or `"dead-lettered"`.
+ */
+export async function dispatch(
+  deps: ServiceDeps,
+  raw: unknown,
+): Promise<unknown> {
+  const parsed = parseMessage(raw);
+  if (!parsed.ok) {
+    await writeDeadLetter(
+      deps.kv,
+      raw,
+      `malformed message: ${parsed.reason}`,
+      deps.now(),
+    );
+    logger("queue").warn("Dead-lettered a malformed message: {reason}", {
+      reason: parsed.reason,
+    });
+    return "dead-lettered";
+  }
+  const message = parsed.message;
+  return await HANDLERS[message.type](deps, message);
+}

@@ -1,0 +1,203 @@
+import assert from "node:assert/strict";
+import { RECIPES } from "../recipes/mod.ts";
+import {
+  createCharm,
+  registerCharm,
+  setCharmDisabled,
+} from "../store/charms.ts";
+import {
+  makeTestDeps,
+  recordingQueue,
+  SPACE,
+  type TestDepsOptions,
+} from "../test/test_deps.ts";
+import { fanout, offsetMs, slotsInWindow, TICK_MS, tickOf } from "./fanout.ts";
+import { tick } from "./tick.ts";
+import { readServiceState } from "../store/service_state.ts";
+
+const TICK = Date.UTC(2026, 10, 28, 12, 0);
+
+async function setup(options: TestDepsOptions = {}) {
+  let clock = TICK;
+  const kv = await Deno.openKv(":memory:");
+  const queue = recordingQueue(kv);
+  const deps = await makeTestDeps({ kv, queue, now: () => clock, ...options });
+  return {
+    deps,
+    queue,
+    setClock: (ms: number) => (clock = ms),
+    async addCharms(count: number, integration = "manual", recipe = "counter") {
+      const refs = [];
+      for (let i = 0; i < count; i++) {
+        const ref = { space: SPACE, charmId: `c${String(i).padStart(5, "0")}` };
+        await createCharm(kv, ref, RECIPES.get(recipe)!, {}, clock);
+        await registerCharm(kv, integration, ref, clock);
+        refs.push(ref);
+      }
+      return refs;
+    },
+  };
+}
+
+Deno.test("slotsInWindow() covers the tick for cron and the slot in progress by hand", () => {
+  assert.deepEqual(slotsInWindow(TICK, TICK, 60_000), [TICK]);
+  assert.deepEqual(
+    slotsInWindow(TICK, TICK, 10_000),
+    [0, 1, 2, 3, 4, 5].map((i) => TICK + i * 10_000),
+  );
+  // 300 s: only ticks on a multiple of five minutes have a slot.
+  assert.deepEqual(slotsInWindow(TICK, TICK, 300_000), [TICK]);
+  assert.deepEqual(slotsInWindow(TICK + TICK_MS, TICK + TICK_MS, 300_000), []);
+  // By hand, 45 s into the minute: the 10 s slot in progress and the next.
+  assert.deepEqual(slotsInWindow(TICK, TICK + 45_000, 10_000), [
+    TICK + 40_000,
+    TICK + 50_000,
+  ]);
+  // By hand, two minutes into a 5-minute slot: that slot.
+  assert.deepEqual(slotsInWindow(TICK + 120_000, TICK + 125_000, 300_000), [
+    TICK,
+  ]);
+});
+
+Deno.test("fanout() enqueues one run per due charm, spread by a stable offset", async () => {
+  const t = await setup();
+  await using _deps = t.deps;
+  const refs = await t.addCharms(3);
+  const result = await fanout(t.deps, {
+    integration: "manual",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "cron",
+  });
+  assert.equal(result.claimed, true);
+  assert.equal(result.enqueued, 3);
+  assert.deepEqual(
+    t.queue.sent.map((
+      s,
+    ) => [s.message.charmId, s.message.slot, s.message.attempt, s.delayMs]),
+    refs.map((ref) => [ref.charmId, TICK, 1, offsetMs(ref, "manual", 60_000)]),
+  );
+});
+
+Deno.test("fanout() of one tick delivered twice enqueues once", async () => {
+  const t = await setup();
+  await using _deps = t.deps;
+  await t.addCharms(5);
+  const options = {
+    integration: "manual",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "cron",
+  };
+  const [a, b] = await Promise.all([
+    fanout(t.deps, options),
+    fanout(t.deps, options),
+  ]);
+  assert.equal(a.enqueued + b.enqueued, 5);
+  assert.equal([a, b].filter((r) => r.claimed).length, 1);
+  const again = await fanout(t.deps, options);
+  assert.equal(again.claimed, false);
+  assert.equal(again.enqueued, 0);
+});
+
+Deno.test("fanout() skips disabled, missing and invalid charms", async () => {
+  const t = await setup();
+  await using _deps = t.deps;
+  const [a, b] = await t.addCharms(2);
+  await setCharmDisabled(t.deps.kv, a!, true, "test");
+  // A gmail-registered counter has no googleUpdater stream.
+  await registerCharm(t.deps.kv, "gmail", b!, TICK);
+  const manual = await fanout(t.deps, {
+    integration: "manual",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "x",
+  });
+  assert.deepEqual([manual.enqueued, manual.skipped], [1, 1]);
+  const gmail = await fanout(t.deps, {
+    integration: "gmail",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "x",
+  });
+  assert.deepEqual([gmail.enqueued, gmail.skipped], [0, 1]);
+});
+
+Deno.test("fanout() pages through a large registry without missing or repeating", async () => {
+  const t = await setup({ policy: { intervalMs: 10_000 } });
+  await using _deps = t.deps;
+  await t.addCharms(130);
+  const result = await fanout(t.deps, {
+    integration: "manual",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "cron",
+  });
+  // Six 10 s slots per minute: 780 runs, in commits of at most 100.
+  assert.equal(result.enqueued, 780);
+  const keys = new Set(
+    t.queue.sent.map((s) => `${s.message.charmId}@${s.message.slot}`),
+  );
+  assert.equal(keys.size, 780);
+});
+
+Deno.test("fanout() spreads runs evenly across the interval", async () => {
+  const t = await setup();
+  await using _deps = t.deps;
+  const buckets = Array(10).fill(0);
+  for (let i = 0; i < 2000; i++) {
+    const offset = offsetMs(
+      { space: SPACE, charmId: `charm-${i}` },
+      "manual",
+      60_000,
+    );
+    buckets[Math.floor(offset / 6_000)]++;
+  }
+  for (const count of buckets) {
+    assert.ok(count > 120 && count < 280, `bucket of ${count}`);
+  }
+});
+
+Deno.test("tick() counts a cycle and records the tick; by hand covers the slot in progress", async () => {
+  const t = await setup({ integrationIds: ["manual"] });
+  await using _deps = t.deps;
+  const [ref] = await t.addCharms(1);
+  const offset = offsetMs(ref!, "manual", 60_000);
+  t.setClock(TICK + 59_000);
+  const results = await tick(t.deps, { mode: "now" });
+  assert.equal(results[0]?.enqueued, 1);
+  // The slot began at TICK; its scheduled time may be past: it runs now.
+  assert.equal(t.queue.sent[0]?.message.slot, TICK);
+  assert.equal(
+    t.queue.sent[0]?.delayMs,
+    Math.max(0, TICK + offset - (TICK + 59_000)),
+  );
+  const state = await readServiceState(t.deps.kv);
+  assert.equal(state.cyclesCompleted, 1);
+  assert.equal(state.lastTickAt, TICK + 59_000);
+  assert.equal(tickOf(TICK + 59_000), TICK);
+});
+
+Deno.test("fanout() continues a tick that failed part-way when the cron retries it", async () => {
+  const t = await setup();
+  await using _deps = t.deps;
+  await t.addCharms(3);
+  // A delivery claimed the tick and died before its first page committed.
+  const { fanoutKey } = await import("../store/keys.ts");
+  await t.deps.kv.set(fanoutKey("manual", TICK, "cron"), {
+    state: "running",
+    cursor: null,
+    enqueued: 0,
+    skipped: 0,
+    startedAt: TICK,
+    finishedAt: null,
+  });
+  const result = await fanout(t.deps, {
+    integration: "manual",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "cron",
+  });
+  assert.equal(result.claimed, false);
+  assert.equal(result.enqueued, 3);
+});

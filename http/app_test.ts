@@ -1,0 +1,732 @@
+import assert from "node:assert/strict";
+import { configure, reset } from "@logtape/logtape";
+import type { Hono } from "hono";
+import { parseMessage } from "../handlers/messages.ts";
+import { memorySink } from "../lib/log.ts";
+import type { QueueDriver } from "../queue/queue.ts";
+import { writeDeadLetter } from "../store/dead_letters.ts";
+import { updateServiceTimes } from "../store/service_state.ts";
+import {
+  makeTestDeps,
+  OTHER_SPACE,
+  recordingQueue,
+  type SentMessage,
+  SPACE,
+} from "../test/test_deps.ts";
+import type { ServiceDeps } from "../service/deps.ts";
+import { createApp, MAX_BODY_BYTES } from "./app.ts";
+
+const T0 = Date.UTC(2025, 0, 1, 12, 0, 30);
+const MAX_TICK_AGE_MS = 180_000;
+const TOKEN = "s3cret-admin-token";
+
+interface Harness extends AsyncDisposable {
+  deps: ServiceDeps;
+  app: Hono;
+  /** The injected clock: set `clock.t` to move time. */
+  clock: { t: number };
+  /** Every message enqueued through the (real, recording) queue driver. */
+  sent: SentMessage[];
+  /** Sends a request; `body` is JSON-encoded unless it is a string. */
+  call(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<Response>;
+}
+
+async function _harness(options: {
+  adminToken?: string;
+  integrationIds?: string[];
+  queue?: (kv: Deno.Kv) => QueueDriver;
+  startedAt?: number;
+} = {}): Promise<Harness> {
+  const clock = { t: T0 };
+  const kv = await Deno.openKv(":memory:");
+  const queue = recordingQueue(kv);
+  const deps = await makeTestDeps({
+    kv,
+    queue: options.queue?.(kv) ?? queue,
+    now: () => clock.t,
+    ...(options.integrationIds
+      ? { integrationIds: options.integrationIds }
+      : {}),
+  });
+  const app = createApp(deps, {
+    adminToken: options.adminToken ?? null,
+    version: "1.2.3-test",
+    startedAt: options.startedAt ?? T0,
+    healthMaxTickAgeMs: MAX_TICK_AGE_MS,
+  });
+  return {
+    deps,
+    app,
+    clock,
+    sent: queue.sent,
+    call(method, path, body, headers = {}) {
+      const init: RequestInit = { method, headers: { ...headers } };
+      if (body !== undefined) {
+        init.body = typeof body === "string" ? body : JSON.stringify(body);
+        (init.headers as Record<string, string>)["content-type"] =
+          "application/json";
+      }
+      return Promise.resolve(app.request(path, init));
+    },
+    [Symbol.asyncDispose]: () => deps[Symbol.asyncDispose](),
+  };
+}
+
+async function _json(response: Response): Promise<Record<string, unknown>> {
+  assert.match(response.headers.get("content-type") ?? "", /application\/json/);
+  return await response.json();
+}
+
+/** Sends a request and checks its status, returning the JSON body. */
+async function _expect(
+  status: number,
+  response: Promise<Response>,
+): Promise<Record<string, unknown>> {
+  const res = await response;
+  const body = await _json(res);
+  assert.equal(
+    res.status,
+    status,
+    `expected ${status}, got ${res.status}: ${JSON.stringify(body)}`,
+  );
+  return body;
+}
+
+async function _createCounter(
+  h: Harness,
+  charmId: string,
+  space: string = SPACE,
+) {
+  await _expect(
+    201,
+    h.call("POST", "/api/charms", { space, recipe: "counter", charmId }),
+  );
+}
+
+function _charmPath(
+  charmId: string,
+  suffix = "",
+  space: string = SPACE,
+): string {
+  return `/api/charms/${space}/${charmId}${suffix}`;
+}
+
+Deno.test("GET /health is 200 right after start, before any tick", async () => {
+  await using h = await _harness();
+  h.clock.t = T0 + MAX_TICK_AGE_MS - 1;
+  const body = await _expect(200, h.call("GET", "/health"));
+  assert.deepEqual(body, {
+    ok: true,
+    kv: "ok",
+    lastTickAt: null,
+    version: "1.2.3-test",
+  });
+});
+
+Deno.test("GET /health is 200 after a recent tick and 503 once it is stale", async () => {
+  await using h = await _harness();
+  await updateServiceTimes(h.deps.kv, { lastTickAt: T0 });
+  h.clock.t = T0 + MAX_TICK_AGE_MS;
+  const ok = await _expect(200, h.call("GET", "/health"));
+  assert.equal(ok.lastTickAt, T0);
+
+  h.clock.t = T0 + MAX_TICK_AGE_MS + 20_000;
+  const stale = await _expect(503, h.call("GET", "/health"));
+  assert.equal(stale.ok, false);
+  assert.equal(stale.reason, "no cron tick for 200 s");
+});
+
+Deno.test("GET /health is 503 when no tick ever came and the process is old", async () => {
+  await using h = await _harness({ startedAt: T0 - MAX_TICK_AGE_MS });
+  const body = await _expect(503, h.call("GET", "/health"));
+  assert.equal(body.ok, false);
+  assert.match(String(body.reason), /^no cron tick for 180 s/);
+});
+
+Deno.test("GET /health is 503 naming KV when KV is unreachable", async () => {
+  await using h = await _harness();
+  h.deps.kv.close();
+  const body = await _expect(503, h.call("GET", "/health"));
+  assert.equal(body.ok, false);
+  assert.match(String(body.reason), /^KV unreachable/);
+});
+
+Deno.test("GET /api/status counts charms and shows the queue and integrations", async () => {
+  await using h = await _harness({ integrationIds: ["manual"] });
+  await _createCounter(h, "a");
+  await _createCounter(h, "b");
+  await _createCounter(h, "c");
+  await _expect(200, h.call("POST", _charmPath("b", "/disable")));
+
+  const body = await _expect(200, h.call("GET", "/api/status"));
+  assert.deepEqual(body.charms, { total: 3, enabled: 2, disabled: 1 });
+  assert.equal(body.version, "1.2.3-test");
+  assert.equal(body.startTime, T0);
+  assert.deepEqual(body.queue, {
+    driver: "native",
+    runsInProcess: 0,
+    waiting: 0,
+  });
+  assert.deepEqual(body.integrations, ["manual"]);
+  assert.equal(body.cyclesCompleted, 0);
+  assert.equal(body.deadLetters, 0);
+});
+
+Deno.test("POST /api/charms creates a charm, and a duplicate is 409", async () => {
+  await using h = await _harness();
+  const created = await _expect(
+    201,
+    h.call("POST", "/api/charms", {
+      space: SPACE,
+      recipe: "counter",
+      charmId: "c1",
+      argument: { step: 2 },
+    }),
+  );
+  assert.deepEqual(created, { space: SPACE, charmId: "c1" });
+
+  const detail = await _expect(200, h.call("GET", _charmPath("c1")));
+  assert.equal(detail.recipe, "counter");
+  assert.equal(detail.status, "ok");
+  assert.equal(detail.createdAt, T0);
+  assert.equal(
+    detail.recipeDescription,
+    "Demo: counts its runs in result.count",
+  );
+  assert.deepEqual(detail.cells, {
+    argument: { step: 2 },
+    result: { count: 0, lastRunAt: null, lastSlot: null },
+  });
+  assert.deepEqual(detail.integrations, []);
+
+  const duplicate = await _expect(
+    409,
+    h.call("POST", "/api/charms", {
+      space: SPACE,
+      recipe: "counter",
+      charmId: "c1",
+    }),
+  );
+  assert.match(String(duplicate.error), /already exists/);
+});
+
+Deno.test("POST /api/charms without charmId picks a fresh id", async () => {
+  await using h = await _harness();
+  const a = await _expect(
+    201,
+    h.call("POST", "/api/charms", { space: SPACE, recipe: "counter" }),
+  );
+  const b = await _expect(
+    201,
+    h.call("POST", "/api/charms", { space: SPACE, recipe: "counter" }),
+  );
+  assert.equal(typeof a.charmId, "string");
+  assert.notEqual(a.charmId, b.charmId);
+  await _expect(200, h.call("GET", _charmPath(String(a.charmId))));
+});
+
+Deno.test("POST /api/charms rejects bad input with 400 naming the field", async (t) => {
+  await using h = await _harness();
+  const cases: [string, unknown, RegExp][] = [
+    [
+      "bad space",
+      { space: "did:key:nope", recipe: "counter" },
+      /^space: must be an Ed25519 did:key/,
+    ],
+    ["missing space", { recipe: "counter" }, /^space: is required/],
+    [
+      "bad charmId",
+      { space: SPACE, recipe: "counter", charmId: "-x" },
+      /^charmId: /,
+    ],
+    [
+      "unknown recipe",
+      { space: SPACE, recipe: "nope" },
+      /^recipe: .*"nope".*counter, webhook/,
+    ],
+    [
+      "bad argument",
+      { space: SPACE, recipe: "webhook", argument: { url: "ftp://x" } },
+      /argument\.url/,
+    ],
+    [
+      "unknown field",
+      { space: SPACE, recipe: "counter", colour: "red" },
+      /^body: .*colour/,
+    ],
+    ["malformed JSON", "{not json", /^body: must be a JSON object$/],
+    ["JSON array", "[1, 2]", /^body: must be a JSON object$/],
+    ["empty body", "", /^body: must be a JSON object$/],
+  ];
+  for (const [name, body, error] of cases) {
+    await t.step(name, async () => {
+      const res = await _expect(400, h.call("POST", "/api/charms", body));
+      assert.match(String(res.error), error);
+    });
+  }
+  const status = await _expect(200, h.call("GET", "/api/status"));
+  assert.deepEqual(status.charms, { total: 0, enabled: 0, disabled: 0 });
+});
+
+Deno.test("POST /api/charms with a body over 64 KiB is 413", async () => {
+  await using h = await _harness();
+  const big = JSON.stringify({
+    space: SPACE,
+    recipe: "counter",
+    charmId: "big",
+    argument: { padding: "x".repeat(MAX_BODY_BYTES) },
+  });
+  const res = await _expect(413, h.call("POST", "/api/charms", big));
+  assert.match(String(res.error), /^body: /);
+  // Also without a content-length: a streamed body is counted as it arrives.
+  const stream = ReadableStream.from([new TextEncoder().encode(big)]);
+  const streamed = await _expect(
+    413,
+    Promise.resolve(
+      h.app.request("/api/charms", { method: "POST", body: stream }),
+    ),
+  );
+  assert.match(String(streamed.error), /^body: /);
+  await _expect(404, h.call("GET", _charmPath("big")));
+});
+
+Deno.test("GET /api/charms/:space/:charmId is 404 when absent and 400 on bad params", async () => {
+  await using h = await _harness();
+  const absent = await _expect(404, h.call("GET", _charmPath("nope")));
+  assert.match(String(absent.error), /does not exist/);
+  const badSpace = await _expect(
+    400,
+    h.call("GET", "/api/charms/did:key:zzz/c1"),
+  );
+  assert.match(String(badSpace.error), /^space: /);
+  const badId = await _expect(400, h.call("GET", _charmPath("-bad")));
+  assert.match(String(badId.error), /^charmId: /);
+});
+
+Deno.test("GET /api/charms pages with a cursor", async () => {
+  await using h = await _harness();
+  for (const id of ["c1", "c2", "c3", "c4", "c5"]) await _createCounter(h, id);
+  const seen: string[] = [];
+  let cursor: string | null = null;
+  const sizes: number[] = [];
+  do {
+    const query: string = cursor === null
+      ? ""
+      : `&cursor=${encodeURIComponent(cursor)}`;
+    const page = await _expect(
+      200,
+      h.call("GET", `/api/charms?limit=2${query}`),
+    );
+    const charms = page.charms as { charmId: string; status: string }[];
+    sizes.push(charms.length);
+    seen.push(...charms.map((c) => c.charmId));
+    cursor = page.cursor as string | null;
+  } while (cursor !== null);
+  assert.deepEqual(sizes, [2, 2, 1]);
+  assert.deepEqual(seen, ["c1", "c2", "c3", "c4", "c5"]);
+
+  const all = await _expect(200, h.call("GET", "/api/charms"));
+  assert.equal((all.charms as unknown[]).length, 5);
+  assert.equal(all.cursor, null);
+});
+
+Deno.test("GET /api/charms filters by status and by integration", async () => {
+  await using h = await _harness();
+  for (const id of ["c1", "c2", "c3"]) await _createCounter(h, id);
+  await _expect(200, h.call("POST", _charmPath("c2", "/disable")));
+  await _expect(
+    200,
+    h.call("POST", "/api/integrations/manual/charms", {
+      space: SPACE,
+      charmId: "c1",
+    }),
+  );
+  await _expect(
+    200,
+    h.call("POST", "/api/integrations/manual/charms", {
+      space: SPACE,
+      charmId: "c3",
+    }),
+  );
+
+  const ids = (body: Record<string, unknown>) =>
+    (body.charms as { charmId: string }[]).map((c) => c.charmId);
+  assert.deepEqual(
+    ids(await _expect(200, h.call("GET", "/api/charms?status=disabled"))),
+    ["c2"],
+  );
+  assert.deepEqual(
+    ids(await _expect(200, h.call("GET", "/api/charms?status=ok"))),
+    ["c1", "c3"],
+  );
+  assert.deepEqual(
+    ids(await _expect(200, h.call("GET", "/api/charms?integration=manual"))),
+    [
+      "c1",
+      "c3",
+    ],
+  );
+  assert.deepEqual(
+    ids(await _expect(200, h.call("GET", "/api/charms?integration=gmail"))),
+    [],
+  );
+  assert.deepEqual(
+    ids(
+      await _expect(
+        200,
+        h.call("GET", "/api/charms?integration=manual&status=ok"),
+      ),
+    ),
+    ["c1", "c3"],
+  );
+});
+
+Deno.test("GET /api/charms rejects bad query parameters with 400 naming them", async (t) => {
+  await using h = await _harness();
+  const cases: [string, RegExp][] = [
+    ["limit=0", /^limit: /],
+    ["limit=1001", /^limit: /],
+    ["limit=abc", /^limit: /],
+    ["limit=2.5", /^limit: /],
+    ["status=broken", /^status: must be one of ok, failing, disabled/],
+    ["integration=nope", /^integration: unknown integration "nope"/],
+    ["cursor=garbage", /cursor/],
+  ];
+  for (const [query, error] of cases) {
+    await t.step(query, async () => {
+      const res = await _expect(400, h.call("GET", `/api/charms?${query}`));
+      assert.match(String(res.error), error);
+    });
+  }
+});
+
+Deno.test("POST /api/integrations/:id/charms registers once and re-enables a disabled charm", async () => {
+  await using h = await _harness();
+  await _createCounter(h, "c1");
+  const path = "/api/integrations/manual/charms";
+  const ref = { space: SPACE, charmId: "c1" };
+  assert.deepEqual(await _expect(200, h.call("POST", path, ref)), {
+    added: true,
+    reenabled: false,
+  });
+  assert.deepEqual(await _expect(200, h.call("POST", path, ref)), {
+    added: false,
+    reenabled: false,
+  });
+
+  await _expect(200, h.call("POST", _charmPath("c1", "/disable")));
+  assert.deepEqual(await _expect(200, h.call("POST", path, ref)), {
+    added: false,
+    reenabled: true,
+  });
+  const detail = await _expect(200, h.call("GET", _charmPath("c1")));
+  assert.equal(detail.status, "ok");
+  assert.deepEqual(detail.integrations, ["manual"]);
+});
+
+Deno.test("POST /api/integrations/:id/charms is 404 for an unknown integration or charm", async () => {
+  await using h = await _harness({ integrationIds: ["manual"] });
+  await _createCounter(h, "c1");
+  const unknown = await _expect(
+    404,
+    h.call("POST", "/api/integrations/nope/charms", {
+      space: SPACE,
+      charmId: "c1",
+    }),
+  );
+  assert.match(
+    String(unknown.error),
+    /^integration: unknown integration "nope"/,
+  );
+  await _expect(
+    404,
+    h.call("POST", "/api/integrations/manual/charms", {
+      space: SPACE,
+      charmId: "c2",
+    }),
+  );
+  // Known but not enabled in this process: registering is still allowed.
+  await _expect(
+    200,
+    h.call("POST", "/api/integrations/gmail/charms", {
+      space: SPACE,
+      charmId: "c1",
+    }),
+  );
+  const bad = await _expect(
+    400,
+    h.call("POST", "/api/integrations/manual/charms", { space: OTHER_SPACE }),
+  );
+  assert.match(String(bad.error), /^charmId: is required/);
+});
+
+Deno.test("DELETE /api/integrations/:id/charms/:space/:charmId unregisters", async () => {
+  await using h = await _harness();
+  await _createCounter(h, "c1");
+  await _expect(
+    200,
+    h.call("POST", "/api/integrations/manual/charms", {
+      space: SPACE,
+      charmId: "c1",
+    }),
+  );
+  const path = `/api/integrations/manual/charms/${SPACE}/c1`;
+  assert.deepEqual(await _expect(200, h.call("DELETE", path)), {
+    removed: true,
+  });
+  assert.deepEqual(await _expect(200, h.call("DELETE", path)), {
+    removed: false,
+  });
+  const detail = await _expect(200, h.call("GET", _charmPath("c1")));
+  assert.deepEqual(detail.integrations, []);
+  await _expect(
+    404,
+    h.call("DELETE", `/api/integrations/nope/charms/${SPACE}/c1`),
+  );
+});
+
+Deno.test("POST /api/charms/:space/:charmId/run enqueues a manual run", async () => {
+  await using h = await _harness();
+  await _createCounter(h, "c1");
+  const body = await _expect(202, h.call("POST", _charmPath("c1", "/run")));
+  assert.equal(typeof body.runId, "string");
+  assert.equal(h.sent.length, 1);
+  const [sent] = h.sent;
+  assert.deepEqual(sent, {
+    delayMs: 0,
+    message: {
+      type: "run",
+      v: 1,
+      space: SPACE,
+      charmId: "c1",
+      integration: null,
+      kind: "manual",
+      slot: T0,
+      runId: body.runId,
+      attempt: 1,
+      enqueuedAt: T0,
+    },
+  });
+  assert.ok(
+    parseMessage(sent!.message).ok,
+    "the message passes the queue's own validation",
+  );
+});
+
+Deno.test("POST /api/charms/:space/:charmId/run is 404 when absent and 409 when disabled", async () => {
+  await using h = await _harness();
+  await _expect(404, h.call("POST", _charmPath("nope", "/run")));
+  await _createCounter(h, "c1");
+  await _expect(200, h.call("POST", _charmPath("c1", "/disable")));
+  const res = await _expect(409, h.call("POST", _charmPath("c1", "/run")));
+  assert.match(String(res.error), /enable it first/);
+  assert.equal(h.sent.length, 0);
+});
+
+Deno.test("POST .../disable and .../enable change the charm's state", async () => {
+  await using h = await _harness();
+  await _createCounter(h, "c1");
+  const disabled = await _expect(
+    200,
+    h.call("POST", _charmPath("c1", "/disable")),
+  );
+  assert.equal(disabled.status, "disabled");
+  const state = disabled.state as Record<string, unknown>;
+  assert.equal(state.disabled, true);
+  assert.equal(state.disabledReason, "disabled by operator");
+
+  const enabled = await _expect(
+    200,
+    h.call("POST", _charmPath("c1", "/enable")),
+  );
+  assert.equal(enabled.status, "ok");
+  assert.equal((enabled.state as Record<string, unknown>).disabled, false);
+  assert.equal((enabled.state as Record<string, unknown>).disabledReason, null);
+
+  await _expect(404, h.call("POST", _charmPath("nope", "/enable")));
+  await _expect(404, h.call("POST", _charmPath("nope", "/disable")));
+});
+
+Deno.test("POST /api/fanout runs a cycle and returns each integration's result", async () => {
+  await using h = await _harness({ integrationIds: ["manual", "gmail"] });
+  await _createCounter(h, "c1");
+  await _createCounter(h, "c2");
+  await _expect(
+    200,
+    h.call("POST", "/api/integrations/manual/charms", {
+      space: SPACE,
+      charmId: "c1",
+    }),
+  );
+  await _expect(
+    200,
+    h.call("POST", "/api/integrations/manual/charms", {
+      space: SPACE,
+      charmId: "c2",
+    }),
+  );
+
+  const all = await _expect(200, h.call("POST", "/api/fanout"));
+  const results = all.results as {
+    integration: string;
+    enqueued: number;
+    claimed: boolean;
+  }[];
+  assert.deepEqual(
+    results.map((r) => [r.integration, r.claimed, r.enqueued]).sort(),
+    [["gmail", true, 0], ["manual", true, 2]],
+  );
+  assert.deepEqual(
+    h.sent.map((s) => s.message.charmId).sort(),
+    ["c1", "c2"],
+  );
+
+  const one = await _expect(
+    200,
+    h.call("POST", "/api/fanout", { integration: "manual" }),
+  );
+  assert.deepEqual(
+    (one.results as { integration: string }[]).map((r) => r.integration),
+    ["manual"],
+  );
+  const status = await _expect(200, h.call("GET", "/api/status"));
+  assert.equal(status.lastTickAt, T0);
+});
+
+Deno.test("POST /api/fanout is 400 for an integration that is not enabled", async () => {
+  await using h = await _harness({ integrationIds: ["manual"] });
+  const unknown = await _expect(
+    400,
+    h.call("POST", "/api/fanout", { integration: "nope" }),
+  );
+  assert.match(String(unknown.error), /^integration: "nope" is not enabled/);
+  await _expect(400, h.call("POST", "/api/fanout", { integration: "gmail" }));
+  await _expect(400, h.call("POST", "/api/fanout", "{oops"));
+  assert.equal(h.sent.length, 0);
+});
+
+Deno.test("GET /api/dead-letters lists dead letters, newest first", async () => {
+  await using h = await _harness();
+  await writeDeadLetter(h.deps.kv, { type: "bogus" }, "type: invalid", T0);
+  await writeDeadLetter(h.deps.kv, { type: "other" }, "charm gone", T0 + 1000);
+  const body = await _expect(200, h.call("GET", "/api/dead-letters"));
+  const letters = body.deadLetters as {
+    reason: string;
+    message: unknown;
+    at: number;
+  }[];
+  assert.deepEqual(letters.map((l) => [l.reason, l.message, l.at]), [
+    ["charm gone", { type: "other" }, T0 + 1000],
+    ["type: invalid", { type: "bogus" }, T0],
+  ]);
+  assert.equal(body.cursor, null);
+
+  const first = await _expect(200, h.call("GET", "/api/dead-letters?limit=1"));
+  assert.equal((first.deadLetters as unknown[]).length, 1);
+  assert.equal(typeof first.cursor, "string");
+  await _expect(400, h.call("GET", "/api/dead-letters?limit=0"));
+});
+
+Deno.test("with an admin token, writes need the bearer token and reads stay open", async () => {
+  await using h = await _harness({ adminToken: TOKEN });
+  const create = { space: SPACE, recipe: "counter", charmId: "c1" };
+
+  const missing = await h.call("POST", "/api/charms", create);
+  assert.equal(missing.status, 401);
+  assert.deepEqual(await _json(missing), { error: "missing bearer token" });
+  assert.match(missing.headers.get("www-authenticate") ?? "", /^Bearer/);
+
+  const wrong = await _expect(
+    401,
+    h.call("POST", "/api/charms", create, {
+      authorization: `Bearer ${TOKEN}x`,
+    }),
+  );
+  assert.deepEqual(wrong, { error: "invalid bearer token" });
+  await _expect(
+    401,
+    h.call("POST", "/api/charms", create, { authorization: TOKEN }),
+  );
+  await _expect(
+    401,
+    h.call("DELETE", `/api/integrations/manual/charms/${SPACE}/c1`),
+  );
+
+  await _expect(
+    201,
+    h.call("POST", "/api/charms", create, { authorization: `Bearer ${TOKEN}` }),
+  );
+  await _expect(200, h.call("GET", _charmPath("c1")));
+  await _expect(200, h.call("GET", "/api/status"));
+  await _expect(200, h.call("GET", "/health"));
+});
+
+Deno.test("without an admin token, writes need no authorization", async () => {
+  await using h = await _harness();
+  await _expect(
+    201,
+    h.call("POST", "/api/charms", {
+      space: SPACE,
+      recipe: "counter",
+      charmId: "c1",
+    }),
+  );
+});
+
+Deno.test("an unknown route is a JSON 404", async () => {
+  await using h = await _harness();
+  const body = await _expect(404, h.call("GET", "/api/nope"));
+  assert.equal(body.error, "No route for GET /api/nope");
+  await _expect(404, h.call("GET", "/"));
+});
+
+Deno.test("an unexpected error is a 500 without details", async () => {
+  await using h = await _harness({
+    queue: (kv) => {
+      const queue = recordingQueue(kv);
+      return {
+        ...queue,
+        enqueue() {
+          throw new Error("queue exploded: secret detail");
+        },
+      };
+    },
+  });
+  await _createCounter(h, "c1");
+  const sink = memorySink();
+  await configure({
+    reset: true,
+    sinks: { memory: sink },
+    loggers: [
+      { category: ["bcs", "http"], lowestLevel: "debug", sinks: ["memory"] },
+      {
+        category: ["logtape", "meta"],
+        lowestLevel: "warning",
+        sinks: ["memory"],
+      },
+    ],
+  });
+  try {
+    const res = await h.call("POST", _charmPath("c1", "/run"));
+    assert.equal(res.status, 500);
+    const text = await res.text();
+    assert.deepEqual(JSON.parse(text), { error: "internal error" });
+    assert.doesNotMatch(text, /secret|exploded/);
+  } finally {
+    await reset();
+  }
+  const http = sink.records.filter((r) => r.category.join(".") === "bcs.http");
+  const failure = http.find((r) => r.level === "error");
+  assert.ok(failure, "the error is logged");
+  assert.match(String(failure.properties.error), /queue exploded/);
+  const access = http.find((r) => r.level === "debug");
+  assert.deepEqual(
+    { ...access?.properties, ms: 0 },
+    { method: "POST", path: `/api/charms/${SPACE}/c1/run`, status: 500, ms: 0 },
+  );
+});

@@ -1,0 +1,285 @@
+/**
+ * The service's lifecycle: build the dependencies, seed what the flags ask
+ * for, listen to the queue, log status on an interval, and shut down
+ * gracefully (stop taking work, let running charms finish up to a bound).
+ *
+ * @module
+ */
+import { type CharmRef, formatCharmRef } from "../charm/charm.ts";
+import type { DidKey } from "../charm/did.ts";
+import type { AnyRecipe } from "../charm/recipe.ts";
+import type { Config } from "../config/config.ts";
+import { dispatch } from "../handlers/dispatch.ts";
+import { tick } from "../handlers/tick.ts";
+import type { Integration } from "../integrations/integration.ts";
+import { NotFoundError, toError } from "../lib/errors.ts";
+import { logger } from "../lib/log.ts";
+import { Semaphore } from "../lib/semaphore.ts";
+import type { QueueDriver } from "../queue/queue.ts";
+import { createCharm, listCharms, registerCharm } from "../store/charms.ts";
+import { charmKey } from "../store/keys.ts";
+import {
+  readServiceState,
+  updateServiceTimes,
+} from "../store/service_state.ts";
+import type { ServiceDeps, Timers } from "./deps.ts";
+
+/** The demo space: the "common user" identity's did:key. */
+export const DEMO_SPACE: DidKey =
+  "did:key:z6Mkj5HyygpAVo2baUcx7kwTRoUbbBmk5egUQPHnV8arQ3SY";
+
+/** The demo charms `--demo` creates. */
+export const DEMO_CHARMS: readonly CharmRef[] = [
+  "demo-counter-1",
+  "demo-counter-2",
+  "demo-counter-3",
+]
+  .map((charmId) => ({ space: DEMO_SPACE, charmId }));
+
+/** What {@linkcode createService} needs beyond the configuration. */
+export interface ServiceOptions {
+  kv: Deno.Kv;
+  queue: QueueDriver;
+  allIntegrations: readonly Integration[];
+  recipes: ReadonlyMap<string, AnyRecipe>;
+  env: Record<string, string | undefined>;
+  now?: () => number;
+  fetch?: typeof fetch;
+  timers?: Timers;
+}
+
+/** A running service. */
+export interface Service {
+  deps: ServiceDeps;
+  /** Seeds, starts the queue listener, the status log, and a first fan-out. */
+  start(): Promise<void>;
+  /** One cron tick. */
+  onCron(): Promise<void>;
+  /** Stops taking work and waits (bounded) for running charms. */
+  shutdown(): Promise<void>;
+  /** Runs `--initialize`: lines saying what each integration did. */
+  initialize(): Promise<string[]>;
+}
+
+/** Builds the service from validated configuration. */
+export function createService(
+  config: Config,
+  options: ServiceOptions,
+): Service {
+  const all = new Map(options.allIntegrations.map((i) => [i.id, i]));
+  const enabled = new Map(config.integrations.map((id) => [id, all.get(id)!]));
+  const shutdownController = new AbortController();
+  const timers: Timers = options.timers ?? {
+    setTimeout: (fn, ms) => setTimeout(fn, ms),
+    clearTimeout: (id) => clearTimeout(id),
+  };
+  const deps: ServiceDeps = {
+    kv: options.kv,
+    queue: options.queue,
+    policy: config,
+    integrations: enabled,
+    allIntegrations: all,
+    recipes: options.recipes,
+    semaphore: new Semaphore(config.maxConcurrentJobs),
+    ownerId: crypto.randomUUID(),
+    now: options.now ?? Date.now,
+    random: Math.random,
+    fetch: options.fetch ?? globalThis.fetch,
+    timers,
+    env: options.env,
+    shutdownSignal: shutdownController.signal,
+  };
+  const log = logger("main");
+  const inFlight = new Set<Promise<unknown>>();
+  let accepting = true;
+  let statusTimer: ReturnType<Timers["setTimeout"]> | undefined;
+  let listening: Promise<void> | null = null;
+
+  async function onMessage(raw: unknown): Promise<void> {
+    if (!accepting) {
+      // Shutting down: hold the delivery without acking it. The queue keeps
+      // the message and delivers it again after the restart.
+      return await new Promise<void>(() => {});
+    }
+    const work = dispatch(deps, raw);
+    inFlight.add(work);
+    try {
+      await work;
+    } catch (error) {
+      // Only infrastructure errors get here; throwing makes the queue
+      // redeliver the message on its backoff schedule.
+      logger("queue").error(
+        "Message handling failed, the queue will redeliver it: {error}",
+        {
+          error: toError(error).message,
+        },
+      );
+      throw error;
+    } finally {
+      inFlight.delete(work);
+    }
+  }
+
+  function scheduleStatusLog(): void {
+    statusTimer = timers.setTimeout(async () => {
+      try {
+        await logStatus(deps);
+      } catch (error) {
+        logger("status").error("Status log failed: {error}", {
+          error: toError(error).message,
+        });
+      }
+      if (accepting) scheduleStatusLog();
+    }, config.logIntervalMs);
+  }
+
+  return {
+    deps,
+    async initialize() {
+      const lines: string[] = [];
+      for (const integration of enabled.values()) {
+        lines.push(
+          ...await integration.initialize({
+            kv: deps.kv,
+            env: deps.env,
+            now: deps.now,
+          }),
+        );
+      }
+      return lines;
+    },
+    async start() {
+      await updateServiceTimes(deps.kv, { startTime: deps.now() });
+      if (config.demo) await seedDemo(deps, log);
+      for (const ref of config.charms) {
+        try {
+          const { added } = await registerCharm(
+            deps.kv,
+            "manual",
+            ref,
+            deps.now(),
+          );
+          if (added) {
+            log.info("Registered {charm} with the manual integration", {
+              charm: formatCharmRef(ref),
+            });
+          }
+        } catch (error) {
+          if (!(error instanceof NotFoundError)) throw error;
+          log.warn(
+            "--charms names {charm}, which does not exist: create it with POST /api/charms",
+            {
+              charm: formatCharmRef(ref),
+            },
+          );
+        }
+      }
+      listening = deps.queue.listen(onMessage);
+      log.info("Queue listener started ({driver} driver, {max} runs at once)", {
+        driver: deps.queue.name,
+        max: config.maxConcurrentJobs,
+      });
+      scheduleStatusLog();
+      // A first fan-out now, so charms due in the current slot run without
+      // waiting for the next minute; run keys make it safe to repeat.
+      await tick(deps, { mode: "now" }).catch((error) => {
+        log.error("Startup fan-out failed: {error}", {
+          error: toError(error).message,
+        });
+      });
+    },
+    async onCron() {
+      if (!accepting) return;
+      await tick(deps, { mode: "cron" });
+    },
+    async shutdown() {
+      if (!accepting) return;
+      accepting = false;
+      if (statusTimer !== undefined) timers.clearTimeout(statusTimer);
+      log.info(
+        "Shutting down: waiting for {count} running charm(s), at most {ms} ms",
+        {
+          count: inFlight.size,
+          ms: config.shutdownTimeoutMs,
+        },
+      );
+      let timer: ReturnType<Timers["setTimeout"]> | undefined;
+      const grace = new Promise<"timeout">((resolve) => {
+        timer = timers.setTimeout(
+          () => resolve("timeout"),
+          config.shutdownTimeoutMs,
+        );
+      });
+      const drained = Promise.allSettled([...inFlight]).then(() =>
+        "drained" as const
+      );
+      if ((await Promise.race([drained, grace])) === "timeout") {
+        log.warn(
+          "Shutdown grace period over: aborting {count} run(s); they run again after restart",
+          {
+            count: inFlight.size,
+          },
+        );
+        shutdownController.abort();
+        await drained;
+      }
+      if (timer !== undefined) timers.clearTimeout(timer);
+      void listening;
+    },
+  };
+}
+
+async function seedDemo(
+  deps: ServiceDeps,
+  log: ReturnType<typeof logger>,
+): Promise<void> {
+  const counter = deps.recipes.get("counter")!;
+  for (const ref of DEMO_CHARMS) {
+    if ((await deps.kv.get(charmKey(ref))).value === null) {
+      await createCharm(deps.kv, ref, counter, { step: 1 }, deps.now()).catch(
+        (error) => {
+          // Another process created it first.
+          log.debug("Demo charm exists: {error}", {
+            error: toError(error).message,
+          });
+        },
+      );
+    }
+    await registerCharm(deps.kv, "manual", ref, deps.now());
+  }
+  log.info(
+    "Demo: {count} counter charms in space {space}, run by the manual integration",
+    {
+      count: DEMO_CHARMS.length,
+      space: DEMO_SPACE,
+    },
+  );
+}
+
+/**
+ * Logs one status line: cycles, runs, successes, failures, disabled charms,
+ * and the charms failing most.
+ */
+export async function logStatus(deps: ServiceDeps): Promise<void> {
+  const state = await readServiceState(deps.kv);
+  const failing = await listCharms(deps.kv, { status: "failing", limit: 100 });
+  const top = failing.charms
+    .sort((a, b) => b.state.consecutiveFailures - a.state.consecutiveFailures)
+    .slice(0, 5)
+    .map((c) =>
+      `${formatCharmRef(c)} (${c.state.consecutiveFailures}: ${
+        c.state.lastError ?? "?"
+      })`
+    );
+  logger("status").info(
+    "Status: {cycles} cycles, {runs} runs, {successes} ok, {failures} failed, {disabled} disabled charms; top failing: {top}",
+    {
+      cycles: state.cyclesCompleted,
+      runs: state.totalCharmsProcessed,
+      successes: state.totalSuccesses,
+      failures: state.totalFailures,
+      disabled: state.charms.disabled,
+      top: top.length === 0 ? "none" : top.join(", "),
+    },
+  );
+}

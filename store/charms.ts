@@ -1,0 +1,354 @@
+/**
+ * Charm records, their cells, state and registrations in Deno KV.
+ *
+ * Every write of a record goes with its indexes in one atomic operation: the
+ * charm, its cells, its state and its status-index entry are created together,
+ * and a state change moves the status index and the disabled counter with it.
+ *
+ * @module
+ */
+import {
+  type Charm,
+  type CharmRef,
+  type CharmState,
+  type CharmStatus,
+  charmStatus,
+  formatCharmRef,
+  initialCharmState,
+} from "../charm/charm.ts";
+import type { AnyRecipe } from "../charm/recipe.ts";
+import { ConflictError, NotFoundError } from "../lib/errors.ts";
+import {
+  cellKey,
+  type CellName,
+  charmByStatusKey,
+  charmIntegrationKey,
+  charmIntegrationsPrefix,
+  charmKey,
+  charmsByStatusPrefix,
+  charmsPrefix,
+  charmStateKey,
+  integrationCharmKey,
+  integrationCharmsPrefix,
+  serviceCounterKey,
+} from "./keys.ts";
+import {
+  addToCounter,
+  getManyChunked,
+  jsonSize,
+  MAX_CELL_BYTES,
+} from "./kv_util.ts";
+
+/** A charm with its state, as listings show it. */
+export interface CharmSummary extends Charm {
+  status: CharmStatus;
+  state: CharmState;
+}
+
+/** A charm with everything the detail view shows. */
+export interface CharmDetail extends CharmSummary {
+  integrations: string[];
+  cells: Record<CellName, unknown>;
+}
+
+/**
+ * Adds the state write, status-index move and disabled-counter change for a
+ * state transition to `op`. `before` is `null` for a new charm.
+ */
+export function writeCharmState(
+  op: Deno.AtomicOperation,
+  ref: CharmRef,
+  before: CharmState | null,
+  after: CharmState,
+): Deno.AtomicOperation {
+  op.set(charmStateKey(ref), after);
+  const oldStatus = before === null ? null : charmStatus(before);
+  const newStatus = charmStatus(after);
+  if (oldStatus !== newStatus) {
+    if (oldStatus !== null) op.delete(charmByStatusKey(oldStatus, ref));
+    op.set(charmByStatusKey(newStatus, ref), true);
+  }
+  const wasDisabled = before?.disabled ?? false;
+  if (wasDisabled !== after.disabled) {
+    addToCounter(
+      op,
+      serviceCounterKey("charmsDisabled"),
+      after.disabled ? 1 : -1,
+    );
+  }
+  return op;
+}
+
+/**
+ * Creates a charm with its cells and initial state.
+ *
+ * @throws {TypeError} when the argument does not match the recipe's schema or
+ *   a cell is too large.
+ * @throws {ConflictError} when the charm id is taken in that space.
+ */
+export async function createCharm(
+  kv: Deno.Kv,
+  ref: CharmRef,
+  recipe: AnyRecipe,
+  argument: unknown,
+  nowMs: number,
+): Promise<Charm> {
+  const parsed = recipe.argumentSchema.safeParse(argument ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const path = issue?.path.length
+      ? `argument.${issue.path.join(".")}`
+      : "argument";
+    throw new TypeError(
+      `Invalid ${path} for recipe "${recipe.name}": ${
+        issue?.message ?? "invalid"
+      }`,
+    );
+  }
+  const result = recipe.initialResult(parsed.data);
+  for (
+    const [name, value] of [["argument", parsed.data], [
+      "result",
+      result,
+    ]] as const
+  ) {
+    if (jsonSize(value) > MAX_CELL_BYTES) {
+      throw new TypeError(
+        `Invalid ${name}: ${
+          jsonSize(value)
+        } bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,
+      );
+    }
+  }
+  const charm: Charm = { ...ref, recipe: recipe.name, createdAt: nowMs };
+  const op = kv.atomic()
+    .check({ key: charmKey(ref), versionstamp: null })
+    .set(charmKey(ref), charm)
+    .set(cellKey(ref, "argument"), parsed.data)
+    .set(cellKey(ref, "result"), result);
+  writeCharmState(op, ref, null, initialCharmState());
+  addToCounter(op, serviceCounterKey("charms"), 1);
+  const { ok } = await op.commit();
+  if (!ok) {
+    throw new ConflictError(`Charm ${formatCharmRef(ref)} already exists`);
+  }
+  return charm;
+}
+
+/** Reads a charm with its state; `null` when it does not exist. */
+export async function getCharmSummary(
+  kv: Deno.Kv,
+  ref: CharmRef,
+): Promise<CharmSummary | null> {
+  const [charm, state] = await kv.getMany<[Charm, CharmState]>([
+    charmKey(ref),
+    charmStateKey(ref),
+  ]);
+  if (charm.value === null) return null;
+  const s = state.value ?? initialCharmState();
+  return { ...charm.value, status: charmStatus(s), state: s };
+}
+
+/** Reads a charm with state, cells and integrations; `null` when absent. */
+export async function getCharmDetail(
+  kv: Deno.Kv,
+  ref: CharmRef,
+): Promise<CharmDetail | null> {
+  const [charm, state, argument, result] = await kv.getMany<
+    [Charm, CharmState, unknown, unknown]
+  >([
+    charmKey(ref),
+    charmStateKey(ref),
+    cellKey(ref, "argument"),
+    cellKey(ref, "result"),
+  ]);
+  if (charm.value === null) return null;
+  const integrations: string[] = [];
+  for await (const entry of kv.list({ prefix: charmIntegrationsPrefix(ref) })) {
+    integrations.push(String(entry.key.at(-1)));
+  }
+  const s = state.value ?? initialCharmState();
+  return {
+    ...charm.value,
+    status: charmStatus(s),
+    state: s,
+    integrations,
+    cells: { argument: argument.value, result: result.value },
+  };
+}
+
+/** Options for {@linkcode listCharms}. */
+export interface ListCharmsOptions {
+  integration?: string;
+  status?: CharmStatus;
+  cursor?: string;
+  limit: number;
+}
+
+/** A page of charms. `cursor` is `null` on the last page. */
+export interface CharmPage {
+  charms: CharmSummary[];
+  cursor: string | null;
+}
+
+/**
+ * Lists charms a page at a time, optionally filtered by integration and
+ * status. With both filters the integration registry is scanned and filtered,
+ * at most `limit * 10` entries per page, so a page may hold fewer than
+ * `limit` charms and still have a cursor.
+ *
+ * @throws {TypeError} when the cursor is not one this listing returned.
+ */
+export async function listCharms(
+  kv: Deno.Kv,
+  options: ListCharmsOptions,
+): Promise<CharmPage> {
+  const filterBoth = options.integration !== undefined &&
+    options.status !== undefined;
+  const prefix = options.integration !== undefined
+    ? integrationCharmsPrefix(options.integration)
+    : options.status !== undefined
+    ? charmsByStatusPrefix(options.status)
+    : charmsPrefix();
+  const scanLimit = filterBoth ? options.limit * 10 : options.limit;
+  const refs: CharmRef[] = [];
+  let iterator: Deno.KvListIterator<unknown>;
+  try {
+    iterator = kv.list({ prefix }, {
+      limit: scanLimit,
+      ...(options.cursor ? { cursor: options.cursor } : {}),
+    });
+    for await (const entry of iterator) {
+      const key = entry.key;
+      refs.push({
+        space: key.at(-2) as CharmRef["space"],
+        charmId: String(key.at(-1)),
+      });
+    }
+  } catch (error) {
+    if (options.cursor) {
+      throw new TypeError(
+        "Invalid cursor: it does not belong to this listing",
+        {
+          cause: error,
+        },
+      );
+    }
+    throw error;
+  }
+  const entries = await getManyChunked<Charm | CharmState>(
+    kv,
+    refs.flatMap((ref) => [charmKey(ref), charmStateKey(ref)]),
+  );
+  const charms: CharmSummary[] = [];
+  for (let i = 0; i < refs.length; i++) {
+    const charm = entries[2 * i]?.value as Charm | null;
+    if (!charm) continue;
+    const state = (entries[2 * i + 1]?.value as CharmState | null) ??
+      initialCharmState();
+    const status = charmStatus(state);
+    if (filterBoth && status !== options.status) continue;
+    charms.push({ ...charm, status, state });
+    if (charms.length === options.limit) break;
+  }
+  const cursor = refs.length < scanLimit ? null : iterator.cursor;
+  return { charms, cursor: cursor || null };
+}
+
+/**
+ * Registers a charm with an integration (an upsert). Registering a disabled
+ * charm re-enables it.
+ *
+ * @returns `added: true` when the charm was not registered before.
+ * @throws {NotFoundError} when the charm does not exist.
+ */
+export async function registerCharm(
+  kv: Deno.Kv,
+  integration: string,
+  ref: CharmRef,
+  nowMs: number,
+): Promise<{ added: boolean; reenabled: boolean }> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const [charm, state, registration] = await kv.getMany<
+      [Charm, CharmState, unknown]
+    >([
+      charmKey(ref),
+      charmStateKey(ref),
+      integrationCharmKey(integration, ref),
+    ]);
+    if (charm.value === null) {
+      throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
+    }
+    const before = state.value ?? initialCharmState();
+    const added = registration.value === null;
+    const reenabled = before.disabled;
+    const op = kv.atomic().check(state).check(registration);
+    if (added) {
+      op.set(integrationCharmKey(integration, ref), { addedAt: nowMs })
+        .set(charmIntegrationKey(ref, integration), true);
+    }
+    if (reenabled) writeCharmState(op, ref, before, enabledState(before));
+    if (!added && !reenabled) return { added, reenabled };
+    if ((await op.commit()).ok) return { added, reenabled };
+  }
+  throw new Error(
+    `Cannot register charm ${formatCharmRef(ref)}: too much contention`,
+  );
+}
+
+/** Removes a charm from an integration's registry; `false` if absent. */
+export async function unregisterCharm(
+  kv: Deno.Kv,
+  integration: string,
+  ref: CharmRef,
+): Promise<boolean> {
+  const entry = await kv.get(integrationCharmKey(integration, ref));
+  if (entry.value === null) return false;
+  const { ok } = await kv.atomic().check(entry)
+    .delete(integrationCharmKey(integration, ref))
+    .delete(charmIntegrationKey(ref, integration))
+    .commit();
+  return ok;
+}
+
+/** The state after an operator (or registration) enables a charm. */
+export function enabledState(before: CharmState): CharmState {
+  return {
+    ...before,
+    disabled: false,
+    disabledReason: null,
+    consecutiveFailures: 0,
+  };
+}
+
+/**
+ * Enables or disables a charm.
+ *
+ * @throws {NotFoundError} when the charm does not exist.
+ */
+export async function setCharmDisabled(
+  kv: Deno.Kv,
+  ref: CharmRef,
+  disabled: boolean,
+  reason: string,
+): Promise<CharmState> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const [charm, state] = await kv.getMany<[Charm, CharmState]>([
+      charmKey(ref),
+      charmStateKey(ref),
+    ]);
+    if (charm.value === null) {
+      throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
+    }
+    const before = state.value ?? initialCharmState();
+    const after = disabled
+      ? { ...before, disabled: true, disabledReason: reason }
+      : enabledState(before);
+    const op = kv.atomic().check(state);
+    writeCharmState(op, ref, state.value, after);
+    if ((await op.commit()).ok) return after;
+  }
+  throw new Error(
+    `Cannot update charm ${formatCharmRef(ref)}: too much contention`,
+  );
+}
