@@ -174,7 +174,11 @@ Deno.test("tick() counts a cycle and records the tick; by hand covers the slot i
   );
   const state = await readServiceState(t.deps.kv);
   assert.equal(state.cyclesCompleted, 1);
-  assert.equal(state.lastTickAt, TICK + 59_000);
+  assert.equal(state.lastCycleStart, TICK + 59_000);
+  // Only a cron tick proves the cron alive.
+  assert.equal(state.lastTickAt, null);
+  await tick(t.deps, { mode: "cron" });
+  assert.equal((await readServiceState(t.deps.kv)).lastTickAt, TICK + 59_000);
   assert.equal(tickOf(TICK + 59_000), TICK);
 });
 

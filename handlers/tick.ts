@@ -36,8 +36,9 @@ export async function tick(
   const log = logger("cron");
   const startedAt = deps.now();
   const tickMs = tickOf(startedAt);
+  // Only a cron tick proves the cron is alive (`/health` reads lastTickAt).
   await updateServiceTimes(deps.kv, {
-    lastTickAt: startedAt,
+    ...(options.mode === "cron" ? { lastTickAt: startedAt } : {}),
     lastCycleStart: startedAt,
   });
 

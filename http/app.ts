@@ -289,6 +289,23 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
       space: parseDidKey(body.space),
       charmId: body.charmId,
     };
+    const summary = await getCharmSummary(kv, ref);
+    if (summary === null) {
+      throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
+    }
+    const recipe = deps.recipes.get(summary.recipe);
+    const validity = recipe === undefined
+      ? {
+        ok: false as const,
+        reason: `recipe "${summary.recipe}" is not registered`,
+      }
+      : deps.allIntegrations.get(integration)!.getIntegrationConfig()
+        .isValidIntegrationCharm(summary, recipe);
+    if (!validity.ok) {
+      throw new TypeError(
+        `charmId: cannot run under ${integration}: ${validity.reason}`,
+      );
+    }
     const result = await registerCharm(kv, integration, ref, deps.now());
     log.info("Registered {charm} with {integration}: {result}", {
       charm: formatCharmRef(ref),

@@ -429,8 +429,8 @@ Deno.test("POST /api/integrations/:id/charms registers once and re-enables a dis
   assert.deepEqual(detail.integrations, ["manual"]);
 });
 
-Deno.test("POST /api/integrations/:id/charms is 404 for an unknown integration or charm", async () => {
-  await using h = await _harness({ integrationIds: ["manual"] });
+Deno.test("POST /api/integrations/:id/charms refuses unknown integrations, charms and unfit recipes", async () => {
+  await using h = await _harness({ integrationIds: ["gcal"] });
   await _createCounter(h, "c1");
   const unknown = await _expect(
     404,
@@ -450,13 +450,17 @@ Deno.test("POST /api/integrations/:id/charms is 404 for an unknown integration o
       charmId: "c2",
     }),
   );
-  // Known but not enabled in this process: registering is still allowed.
-  await _expect(
-    200,
+  // A charm whose recipe lacks the integration's stream is refused.
+  const invalid = await _expect(
+    400,
     h.call("POST", "/api/integrations/gmail/charms", {
       space: SPACE,
       charmId: "c1",
     }),
+  );
+  assert.match(
+    String(invalid.error),
+    /^charmId: cannot run under gmail: recipe "counter" has no "googleUpdater" stream/,
   );
   const bad = await _expect(
     400,
@@ -595,7 +599,9 @@ Deno.test("POST /api/fanout runs a cycle and returns each integration's result",
     ["manual"],
   );
   const status = await _expect(200, h.call("GET", "/api/status"));
-  assert.equal(status.lastTickAt, T0);
+  assert.equal(status.lastCycleStart, T0);
+  // A fan-out by hand is not a cron tick: it must not keep /health green.
+  assert.equal(status.lastTickAt, null);
 });
 
 Deno.test("POST /api/fanout is 400 for an integration that is not enabled", async () => {

@@ -197,7 +197,11 @@ export interface CharmPage {
  * at most `limit * 10` entries per page, so a page may hold fewer than
  * `limit` charms and still have a cursor.
  *
- * @throws {TypeError} when the cursor is not one this listing returned.
+ * The cursor names the last charm consumed (every listing's keys end in
+ * `space, charmId`), so a page never skips a charm it fetched but did not
+ * return.
+ *
+ * @throws {TypeError} when the cursor is not one a listing returned.
  */
 export async function listCharms(
   kv: Deno.Kv,
@@ -210,38 +214,36 @@ export async function listCharms(
     : options.status !== undefined
     ? charmsByStatusPrefix(options.status)
     : charmsPrefix();
+  const after = options.cursor ? decodeCursor(options.cursor) : null;
   const scanLimit = filterBoth ? options.limit * 10 : options.limit;
   const refs: CharmRef[] = [];
-  let iterator: Deno.KvListIterator<unknown>;
-  try {
-    iterator = kv.list({ prefix }, {
-      limit: scanLimit,
-      ...(options.cursor ? { cursor: options.cursor } : {}),
-    });
-    for await (const entry of iterator) {
-      const key = entry.key;
-      refs.push({
-        space: key.at(-2) as CharmRef["space"],
-        charmId: String(key.at(-1)),
-      });
+  const selector = after === null
+    ? { prefix }
+    : { prefix, start: [...prefix, after.space, after.charmId] };
+  // One extra: `start` is inclusive, and one more tells whether more remain.
+  for await (
+    const entry of kv.list(selector, { limit: scanLimit + 2 })
+  ) {
+    const ref = {
+      space: entry.key.at(-2) as CharmRef["space"],
+      charmId: String(entry.key.at(-1)),
+    };
+    if (after && ref.space === after.space && ref.charmId === after.charmId) {
+      continue;
     }
-  } catch (error) {
-    if (options.cursor) {
-      throw new TypeError(
-        "Invalid cursor: it does not belong to this listing",
-        {
-          cause: error,
-        },
-      );
-    }
-    throw error;
+    refs.push(ref);
   }
+  const hasMore = refs.length > scanLimit;
+  const scanned = refs.slice(0, scanLimit);
   const entries = await getManyChunked<Charm | CharmState>(
     kv,
-    refs.flatMap((ref) => [charmKey(ref), charmStateKey(ref)]),
+    scanned.flatMap((ref) => [charmKey(ref), charmStateKey(ref)]),
   );
   const charms: CharmSummary[] = [];
-  for (let i = 0; i < refs.length; i++) {
+  let last: CharmRef | null = null;
+  for (let i = 0; i < scanned.length; i++) {
+    if (charms.length === options.limit) break;
+    last = scanned[i]!;
     const charm = entries[2 * i]?.value as Charm | null;
     if (!charm) continue;
     const state = (entries[2 * i + 1]?.value as CharmState | null) ??
@@ -249,10 +251,39 @@ export async function listCharms(
     const status = charmStatus(state);
     if (filterBoth && status !== options.status) continue;
     charms.push({ ...charm, status, state });
-    if (charms.length === options.limit) break;
   }
-  const cursor = refs.length < scanLimit ? null : iterator.cursor;
-  return { charms, cursor: cursor || null };
+  const consumedAll = last === scanned.at(-1);
+  const cursor = last !== null && (hasMore || !consumedAll)
+    ? encodeCursor(last)
+    : null;
+  return { charms, cursor };
+}
+
+/** An opaque listing cursor naming the last charm of a page. */
+export function encodeCursor(ref: CharmRef): string {
+  return btoa(JSON.stringify([ref.space, ref.charmId]))
+    .replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "");
+}
+
+/**
+ * Reads a cursor from {@linkcode encodeCursor}.
+ *
+ * @throws {TypeError} when it is not one.
+ */
+export function decodeCursor(cursor: string): CharmRef {
+  try {
+    const json = atob(cursor.replaceAll("-", "+").replaceAll("_", "/"));
+    const value = JSON.parse(json);
+    if (
+      Array.isArray(value) && value.length === 2 &&
+      typeof value[0] === "string" && typeof value[1] === "string"
+    ) {
+      return { space: value[0] as CharmRef["space"], charmId: value[1] };
+    }
+  } catch {
+    // Fall through to the error below.
+  }
+  throw new TypeError("cursor: not a cursor this API returned");
 }
 
 /**
@@ -302,13 +333,18 @@ export async function unregisterCharm(
   integration: string,
   ref: CharmRef,
 ): Promise<boolean> {
-  const entry = await kv.get(integrationCharmKey(integration, ref));
-  if (entry.value === null) return false;
-  const { ok } = await kv.atomic().check(entry)
-    .delete(integrationCharmKey(integration, ref))
-    .delete(charmIntegrationKey(ref, integration))
-    .commit();
-  return ok;
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const entry = await kv.get(integrationCharmKey(integration, ref));
+    if (entry.value === null) return false;
+    const { ok } = await kv.atomic().check(entry)
+      .delete(integrationCharmKey(integration, ref))
+      .delete(charmIntegrationKey(ref, integration))
+      .commit();
+    if (ok) return true;
+  }
+  throw new Error(
+    `Cannot unregister charm ${formatCharmRef(ref)}: too much contention`,
+  );
 }
 
 /** The state after an operator (or registration) enables a charm. */
