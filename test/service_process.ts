@@ -26,10 +26,10 @@ export interface ServiceProcess extends AsyncDisposable {
   /** Sends a signal and waits (bounded) for the exit code. */
   stop(signal?: Deno.Signal): Promise<number>;
   /** Fetches a path and parses the JSON reply (loosely typed, for tests). */
-  // deno-lint-ignore no-explicit-any
   json(
     path: string,
     init?: RequestInit,
+    // deno-lint-ignore no-explicit-any
   ): Promise<{ status: number; body: any }>;
 }
 
