@@ -71,7 +71,13 @@ export type RunOutcome =
   /** The message cannot run (charm gone); it was dead-lettered. */
   | "dead-lettered"
   /** The lease expired and another run took over; results were dropped. */
-  | "lease-lost";
+  | "lease-lost"
+  /**
+   * The service shut down mid-run: nothing was recorded and the lease was
+   * released. The caller must not acknowledge the message, so the queue
+   * delivers it again after the restart.
+   */
+  | "interrupted";
 
 /** The record of one run, at `runKey(charm, run)`. */
 export interface RunRecord {
@@ -276,6 +282,20 @@ async function _claimAndRun(
 
     log.debug("Started run of {charm}", { charm: formatCharmRef(ref) });
     const execution = await _execute(deps, charm, message, log);
+    if (!execution.ok && deps.shutdownSignal.aborted) {
+      // Not the charm's fault: release the charm and let the redelivery run it.
+      await kv.atomic()
+        .check({ key: charmLeaseKey(ref), versionstamp: claim.versionstamp })
+        .delete(charmLeaseKey(ref))
+        .commit();
+      log.info(
+        "Run of {charm} interrupted by shutdown; it runs again after restart",
+        {
+          charm: formatCharmRef(ref),
+        },
+      );
+      return "interrupted";
+    }
     return await _record(
       deps,
       ref,

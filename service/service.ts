@@ -17,6 +17,7 @@ import { logger } from "../lib/log.ts";
 import { Semaphore } from "../lib/semaphore.ts";
 import type { QueueDriver } from "../queue/queue.ts";
 import { createCharm, listCharms, registerCharm } from "../store/charms.ts";
+import { sweepUndelivered } from "../store/dead_letters.ts";
 import { charmKey } from "../store/keys.ts";
 import {
   readServiceState,
@@ -103,8 +104,9 @@ export function createService(
     }
     const work = dispatch(deps, raw);
     inFlight.add(work);
+    let outcome: unknown;
     try {
-      await work;
+      outcome = await work;
     } catch (error) {
       // Only infrastructure errors get here; throwing makes the queue
       // redeliver the message on its backoff schedule.
@@ -118,11 +120,16 @@ export function createService(
     } finally {
       inFlight.delete(work);
     }
+    if (outcome === "interrupted") {
+      // Leave the message unacknowledged: it is delivered again after restart.
+      return await new Promise<void>(() => {});
+    }
   }
 
   function scheduleStatusLog(): void {
     statusTimer = timers.setTimeout(async () => {
       try {
+        await sweepAndReport(deps);
         await logStatus(deps);
       } catch (error) {
         logger("status").error("Status log failed: {error}", {
@@ -174,6 +181,7 @@ export function createService(
           );
         }
       }
+      await sweepAndReport(deps);
       listening = deps.queue.listen(onMessage);
       log.info("Queue listener started ({driver} driver, {max} runs at once)", {
         driver: deps.queue.name,
@@ -282,4 +290,16 @@ export async function logStatus(deps: ServiceDeps): Promise<void> {
       top: top.length === 0 ? "none" : top.join(", "),
     },
   );
+}
+
+/** Moves undelivered queue messages into the dead letters, logging it. */
+export async function sweepAndReport(deps: ServiceDeps): Promise<number> {
+  const moved = await sweepUndelivered(deps.kv, deps.now());
+  if (moved > 0) {
+    logger("queue").warn(
+      "Moved {moved} undelivered message(s) to the dead letters (GET /api/dead-letters)",
+      { moved },
+    );
+  }
+  return moved;
 }

@@ -5,7 +5,12 @@
  *
  * @module
  */
-import { deadLetterKey, deadLettersPrefix, serviceCounterKey } from "./keys.ts";
+import {
+  deadLetterKey,
+  deadLettersPrefix,
+  serviceCounterKey,
+  undeliveredPrefix,
+} from "./keys.ts";
 import { addToCounter, jsonSize } from "./kv_util.ts";
 
 /** A stored dead letter. */
@@ -91,4 +96,32 @@ export async function listDeadLetters(
     deadLetters,
     cursor: deadLetters.length < options.limit ? null : iterator.cursor || null,
   };
+}
+
+/**
+ * Moves messages the queue gave up on (written to their `keysIfUndelivered`
+ * key after its last retry) into the dead letters, where operators look, at
+ * most `limit` per call. Each move is one atomic operation.
+ *
+ * @returns how many were moved.
+ */
+export async function sweepUndelivered(
+  kv: Deno.Kv,
+  nowMs: number,
+  limit = 500,
+): Promise<number> {
+  let moved = 0;
+  for await (
+    const entry of kv.list({ prefix: undeliveredPrefix() }, { limit })
+  ) {
+    const op = kv.atomic().check(entry).delete(entry.key);
+    addDeadLetter(
+      op,
+      entry.value,
+      "undelivered: the queue gave up after its retries (the service failed to handle it each time)",
+      nowMs,
+    );
+    if ((await op.commit()).ok) moved++;
+  }
+  return moved;
 }
