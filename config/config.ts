@@ -50,6 +50,17 @@ export interface Config {
   kvPath: string;
   /** `LOG_LEVEL`. */
   logLevel: LogLevel;
+  /** `QUEUE_DRIVER`: `native`, `kv`, or `auto` (detect the platform). */
+  queueDriver: "native" | "kv" | "auto";
+  /**
+   * `QUEUE_WORKER`: `loop` (a long-running worker), `cron` (drain inside each
+   * cron tick and fan-out request, as on Deno Deploy), or `auto`.
+   */
+  queueWorker: "loop" | "cron" | "auto";
+  /** `DRAIN_BUDGET_MS`: how long a cron-driven drain may run. */
+  drainBudgetMs: number;
+  /** `QUEUE_POLL_MS`: longest idle sleep of the `kv` driver's worker. */
+  queuePollMs: number;
   /** `ADMIN_TOKEN`: required bearer token for writes, when set. */
   adminToken: string | null;
   /** `--help`. */
@@ -72,6 +83,10 @@ export const DEFAULTS = {
   host: "127.0.0.1",
   kvPath: "./data/bcs.sqlite3",
   logLevel: "info",
+  queueDriver: "auto",
+  queueWorker: "auto",
+  drainBudgetMs: 50_000,
+  queuePollMs: 1_000,
 } as const satisfies Partial<Config>;
 
 const FLAGS = {
@@ -89,6 +104,7 @@ const FLAGS = {
 
 /** Environment variables the service reads, for `--help` and the README. */
 export const ENV_VARS = [
+  ["INTEGRATIONS", "comma-separated integrations (like --integration)"],
   ["CYCLE_INTERVAL_MS", "fan-out interval in ms (like --interval)"],
   ["MAX_CONSECUTIVE_FAILURES", "like --failures"],
   ["LOG_INTERVAL_MS", "status log interval in ms (like --log-interval)"],
@@ -109,6 +125,16 @@ export const ENV_VARS = [
   ["KV_PATH", "Deno KV file, or :memory: (default ./data/bcs.sqlite3)"],
   ["LOG_LEVEL", "debug, info, warning or error (default info)"],
   ["ADMIN_TOKEN", "bearer token required for API writes"],
+  [
+    "QUEUE_DRIVER",
+    "native, kv or auto (default auto: kv on Deno Deploy and KV Connect)",
+  ],
+  [
+    "QUEUE_WORKER",
+    "loop, cron or auto (default auto: cron on Deno Deploy); kv driver only",
+  ],
+  ["DRAIN_BUDGET_MS", "longest cron-driven drain in ms (default 50000)"],
+  ["QUEUE_POLL_MS", "longest idle sleep of the kv worker in ms (default 1000)"],
 ] as const;
 
 /**
@@ -158,13 +184,17 @@ export function loadConfig(
     ? DEFAULTS.logIntervalMs
     : _duration(logSource, 1, 86_400);
 
-  const integrationSource = values.integration;
-  const integrations = integrationSource === undefined
+  const integrationSource = pick("integration", "INTEGRATIONS");
+  const integrations = integrationSource === null
     ? [...DEFAULTS.integrations]
     : _integrations(integrationSource, integrationIds);
 
   const charms = values.charms === undefined ? [] : _charms(values.charms);
-  if (charms.length > 0 && !integrations.includes("manual")) {
+  // --charms and --demo name charms that only the manual integration runs.
+  if (
+    (charms.length > 0 || values.demo === true) &&
+    !integrations.includes("manual")
+  ) {
     integrations.push("manual");
   }
 
@@ -204,7 +234,37 @@ export function loadConfig(
     );
   }
 
+  const queueDriver = _oneOf(
+    envOnly("QUEUE_DRIVER"),
+    ["native", "kv", "auto"] as const,
+    DEFAULTS.queueDriver,
+  );
+  const queueWorker = _oneOf(
+    envOnly("QUEUE_WORKER"),
+    ["loop", "cron", "auto"] as const,
+    DEFAULTS.queueWorker,
+  );
+  if (queueDriver === "native" && queueWorker === "cron") {
+    throw new ConfigError(
+      "QUEUE_WORKER: cron needs QUEUE_DRIVER=kv (the native queue cannot be drained on demand)",
+    );
+  }
+
   return {
+    queueDriver,
+    queueWorker,
+    drainBudgetMs: _intOr(
+      envOnly("DRAIN_BUDGET_MS"),
+      DEFAULTS.drainBudgetMs,
+      100,
+      55_000,
+    ),
+    queuePollMs: _intOr(
+      envOnly("QUEUE_POLL_MS"),
+      DEFAULTS.queuePollMs,
+      10,
+      60_000,
+    ),
     charms,
     intervalMs,
     maxConsecutiveFailures: _intOr(
@@ -275,7 +335,8 @@ export function usage(
     "                              missing configuration, and exit",
     "  --max-concurrent=<n>        Runs at once in this process (default 5)",
     "  --max-retries=<n>           Retries of a failed slot (default 3)",
-    "  --demo                      Create three demo counter charms (manual)",
+    "  --demo                      Create three demo counter charms (implies",
+    "                              --integration=manual)",
     "  -h, --help                  Show this help",
     "",
     "Available integrations:",
@@ -372,17 +433,22 @@ function _interval(source: NonNullable<Source>): number {
   return ms;
 }
 
-function _integrations(value: string, known: readonly string[]): string[] {
-  const ids = value.split(",").map((id) => id.trim()).filter((id) => id !== "");
+function _integrations(
+  source: NonNullable<Source>,
+  known: readonly string[],
+): string[] {
+  const ids = source.value.split(",").map((id) => id.trim()).filter((id) =>
+    id !== ""
+  );
   if (ids.length === 0) {
     throw new ConfigError(
-      `--integration: empty; use one or more of ${known.join(", ")}`,
+      `${source.name}: empty; use one or more of ${known.join(", ")}`,
     );
   }
   for (const id of ids) {
     if (!known.includes(id)) {
       throw new ConfigError(
-        `--integration: "${id}" is not an integration; use one or more of ${
+        `${source.name}: "${id}" is not an integration; use one or more of ${
           known.join(", ")
         }`,
       );
@@ -407,4 +473,21 @@ function _charms(value: string): CharmRef[] {
       throw new ConfigError(`--charms: ${(error as Error).message}`);
     }
   });
+}
+
+function _oneOf<T extends string>(
+  source: Source,
+  values: readonly T[],
+  fallback: T,
+): T {
+  if (source === null) return fallback;
+  const value = source.value.trim().toLowerCase();
+  if (!(values as readonly string[]).includes(value)) {
+    throw new ConfigError(
+      `${source.name}: "${source.value}" is not accepted; use one of ${
+        values.join(", ")
+      }`,
+    );
+  }
+  return value as T;
 }

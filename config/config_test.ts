@@ -169,3 +169,46 @@ Deno.test("usage() lists the available integrations and every variable", () => {
     assert.match(text, new RegExp(name));
   }
 });
+
+Deno.test("loadConfig() enables the manual integration for --demo", () => {
+  assert.deepEqual(loadConfig(["--demo"], {}, IDS).integrations, [
+    "gmail",
+    "manual",
+  ]);
+});
+
+Deno.test("loadConfig() reads INTEGRATIONS and the queue variables", () => {
+  const config = loadConfig([], {
+    INTEGRATIONS: "manual,gcal",
+    QUEUE_DRIVER: "kv",
+    QUEUE_WORKER: "cron",
+    DRAIN_BUDGET_MS: "2000",
+    QUEUE_POLL_MS: "50",
+  }, IDS);
+  assert.deepEqual(config.integrations, ["manual", "gcal"]);
+  assert.equal(config.queueDriver, "kv");
+  assert.equal(config.queueWorker, "cron");
+  assert.equal(config.drainBudgetMs, 2000);
+  assert.equal(config.queuePollMs, 50);
+  assert.deepEqual(
+    loadConfig(["--integration=gmail"], { INTEGRATIONS: "manual" }, IDS)
+      .integrations,
+    ["gmail"],
+  );
+  assert.throws(
+    () => loadConfig([], { INTEGRATIONS: "slack" }, IDS),
+    /^ConfigError: INTEGRATIONS: "slack" is not an integration/,
+  );
+  assert.throws(
+    () => loadConfig([], { QUEUE_DRIVER: "redis" }, IDS),
+    /QUEUE_DRIVER: "redis" is not accepted; use one of native, kv, auto/,
+  );
+  assert.throws(
+    () => loadConfig([], { QUEUE_DRIVER: "native", QUEUE_WORKER: "cron" }, IDS),
+    /QUEUE_WORKER: cron needs QUEUE_DRIVER=kv/,
+  );
+  assert.throws(
+    () => loadConfig([], { DRAIN_BUDGET_MS: "60000" }, IDS),
+    /DRAIN_BUDGET_MS: 60000 is out of range/,
+  );
+});

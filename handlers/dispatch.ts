@@ -6,6 +6,7 @@
  * @module
  */
 import { logger } from "../lib/log.ts";
+import { type Delivery, NO_ACK } from "../queue/queue.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import type { Message, MessageType } from "./messages.ts";
@@ -19,6 +20,7 @@ export const HANDLERS = {
   [T in MessageType]: (
     deps: ServiceDeps,
     message: Extract<Message, { type: T }>,
+    delivery: Delivery,
   ) => Promise<unknown>;
 };
 
@@ -30,6 +32,7 @@ export const HANDLERS = {
 export async function dispatch(
   deps: ServiceDeps,
   raw: unknown,
+  delivery: Delivery = NO_ACK,
 ): Promise<unknown> {
   const parsed = parseMessage(raw);
   if (!parsed.ok) {
@@ -45,5 +48,5 @@ export async function dispatch(
     return "dead-lettered";
   }
   const message = parsed.message;
-  return await HANDLERS[message.type](deps, message);
+  return await HANDLERS[message.type](deps, message, delivery);
 }

@@ -213,8 +213,9 @@ export async function fanout(
       const why = _skipReason(deps, config, charm, state);
       if (why !== null) {
         skipped++;
-        // Disabled charms are routine; anything else needs an operator.
-        const level = state?.disabled ? "debug" : "warn";
+        // Disabled and parked charms are routine (their transition was
+        // logged); anything else needs an operator.
+        const level = state?.disabled || state?.needsReauth ? "debug" : "warn";
         log[level]("Skipped {charm}: {why}", {
           charm: formatCharmRef(ref),
           why,
@@ -280,8 +281,39 @@ function _skipReason(
     return "the charm does not exist (create it with POST /api/charms)";
   }
   if (state?.disabled) return "the charm is disabled";
+  if (state?.needsReauth) {
+    return "the charm needs re-authentication (replace its argument with PUT /api/charms/:space/:charmId/argument)";
+  }
   const recipe = deps.recipes.get(charm.recipe);
   if (recipe === undefined) return `recipe "${charm.recipe}" is not registered`;
   const validity = config.isValidIntegrationCharm(charm, recipe);
   return validity.ok ? null : validity.reason;
+}
+
+/**
+ * Finishes cron fan-outs of this minute and the previous one that a crash
+ * left `running`, from their cursors. Called at startup: the pages that never
+ * committed are enqueued now (late slots run at once) instead of being lost.
+ */
+export async function resumeInterruptedFanouts(
+  deps: ServiceDeps,
+): Promise<FanoutResult[]> {
+  const results: FanoutResult[] = [];
+  const current = tickOf(deps.now());
+  for (const integration of deps.integrations.keys()) {
+    for (const tickMs of [current - TICK_MS, current]) {
+      const entry = await deps.kv.get<FanoutRecord>(
+        fanoutKey(integration, tickMs, "cron"),
+      );
+      if (entry.value?.state !== "running") continue;
+      logger("fanout").warn(
+        "Resuming the {integration} fan-out of {tick} that a crash interrupted",
+        { integration, tick: new Date(tickMs).toISOString() },
+      );
+      results.push(
+        await fanout(deps, { integration, tickMs, fromMs: tickMs, id: "cron" }),
+      );
+    }
+  }
+  return results;
 }

@@ -205,3 +205,37 @@ Deno.test("fanout() continues a tick that failed part-way when the cron retries 
   assert.equal(result.claimed, false);
   assert.equal(result.enqueued, 3);
 });
+
+Deno.test("tick() counts a cron tick that fires a little early for the coming minute", async () => {
+  const t = await setup({ integrationIds: ["manual"] });
+  await using _deps = t.deps;
+  await t.addCharms(1);
+  t.setClock(TICK - 300);
+  await tick(t.deps, { mode: "cron" });
+  assert.deepEqual(t.queue.sent.map((s) => s.message.slot), [TICK]);
+});
+
+Deno.test("resumeInterruptedFanouts() finishes a cron fan-out a crash left running", async () => {
+  const t = await setup({ integrationIds: ["manual"] });
+  await using _deps = t.deps;
+  await t.addCharms(4);
+  const { fanoutKey } = await import("../store/keys.ts");
+  const { resumeInterruptedFanouts } = await import("./fanout.ts");
+  await t.deps.kv.set(fanoutKey("manual", TICK, "cron"), {
+    state: "running",
+    cursor: null,
+    enqueued: 0,
+    skipped: 0,
+    startedAt: TICK,
+    finishedAt: null,
+  });
+  t.setClock(TICK + 30_000);
+  const results = await resumeInterruptedFanouts(t.deps);
+  assert.equal(results.length, 1);
+  assert.equal(results[0]?.enqueued, 4);
+  // Slots already past run at once.
+  assert.ok(
+    t.queue.sent.every((s) => s.message.slot === TICK && s.delayMs >= 0),
+  );
+  assert.deepEqual(await resumeInterruptedFanouts(t.deps), []);
+});

@@ -6,11 +6,15 @@
  * @module
  */
 import { logger } from "../lib/log.ts";
+import { dispatch } from "./dispatch.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { serviceCounterKey } from "../store/keys.ts";
 import { addToCounter } from "../store/kv_util.ts";
 import { updateServiceTimes } from "../store/service_state.ts";
 import { fanout, type FanoutResult, tickOf } from "./fanout.ts";
+
+/** How early a cron tick may fire and still count for the coming minute. */
+export const CRON_EARLY_TOLERANCE_MS = 5_000;
 
 /** Options for {@linkcode tick}. */
 export interface TickOptions {
@@ -22,6 +26,11 @@ export interface TickOptions {
    * progress.
    */
   mode: "cron" | "now";
+  /**
+   * Drain the queue afterwards when `deps.drainBudgetMs` is set (default
+   * `true`; the startup fan-out passes `false` so startup stays quick).
+   */
+  drain?: boolean;
 }
 
 /**
@@ -35,7 +44,11 @@ export async function tick(
 ): Promise<FanoutResult[]> {
   const log = logger("cron");
   const startedAt = deps.now();
-  const tickMs = tickOf(startedAt);
+  // A cron tick that fires a little early (clock skew) belongs to the coming
+  // minute, not to the one already fanned out.
+  const tickMs = tickOf(
+    options.mode === "cron" ? startedAt + CRON_EARLY_TOLERANCE_MS : startedAt,
+  );
   // Only a cron tick proves the cron is alive (`/health` reads lastTickAt).
   await updateServiceTimes(deps.kv, {
     ...(options.mode === "cron" ? { lastTickAt: startedAt } : {}),
@@ -74,6 +87,17 @@ export async function tick(
     ).commit();
   }
   await updateServiceTimes(deps.kv, { lastCycleEnd: deps.now() });
+  if (
+    options.drain !== false && deps.drainBudgetMs !== null && deps.queue.drain
+  ) {
+    // No listener runs here (Deno Deploy): deliver what comes due within the
+    // budget, then return so the next tick is not skipped as overlapping.
+    const { delivered } = await deps.queue.drain(
+      async (raw, delivery) => void await dispatch(deps, raw, delivery),
+      deps.drainBudgetMs,
+    );
+    log.info("Drained {delivered} message(s)", { delivered });
+  }
   if (firstError !== null) throw firstError;
   return results;
 }

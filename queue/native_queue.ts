@@ -9,14 +9,24 @@
  *
  * @module
  */
-import type { EnqueueOptions, QueueDriver } from "./queue.ts";
+import { type EnqueueOptions, NO_ACK, type QueueDriver } from "./queue.ts";
 import type { Message } from "../handlers/messages.ts";
 
 /** Queue-level redelivery delays after a handler throws, ms (≤ 5 entries). */
 export const QUEUE_BACKOFF_MS = [1_000, 5_000, 15_000, 30_000, 60_000];
 
+/** Options for {@linkcode nativeQueue}. */
+export interface NativeQueueOptions {
+  /** Redelivery delays after a handler throws, ms (at most 5). */
+  backoffSchedule?: number[];
+}
+
 /** Builds the native driver over `kv`. */
-export function nativeQueue(kv: Deno.Kv): QueueDriver {
+export function nativeQueue(
+  kv: Deno.Kv,
+  options: NativeQueueOptions = {},
+): QueueDriver {
+  const backoffSchedule = options.backoffSchedule ?? QUEUE_BACKOFF_MS;
   return {
     name: "native",
     enqueue(
@@ -27,11 +37,11 @@ export function nativeQueue(kv: Deno.Kv): QueueDriver {
       return op.enqueue(message, {
         delay: Math.max(0, Math.round(options.delayMs)),
         keysIfUndelivered: [options.undeliveredKey],
-        backoffSchedule: QUEUE_BACKOFF_MS,
+        backoffSchedule,
       });
     },
     listen(handler) {
-      return kv.listenQueue(handler);
+      return kv.listenQueue((raw) => handler(raw, NO_ACK));
     },
   };
 }

@@ -2,6 +2,11 @@
  * The queue seam: how messages are enqueued (inside an atomic operation, so
  * an enqueue commits with the state that caused it) and delivered.
  *
+ * Two drivers implement it: `native` (Deno KV's `enqueue`/`listenQueue`) and
+ * `kv` (a job table in KV, for platforms without queues and for several
+ * processes). Both carry the same message envelope and the same retry
+ * metadata, so handlers do not know which one runs them.
+ *
  * @module
  */
 import type { Message } from "../handlers/messages.ts";
@@ -14,9 +19,40 @@ export interface EnqueueOptions {
   undeliveredKey: Deno.KvKey;
 }
 
+/**
+ * One delivery of a message, as its handler sees it. A handler that commits
+ * its outcome may call `ack(op)` to acknowledge the delivery in that same
+ * commit (the `kv` driver then deletes the job there, saving a commit); a
+ * delivery not acknowledged is acknowledged by the driver when the handler
+ * returns.
+ */
+export interface Delivery {
+  ack(op: Deno.AtomicOperation): Deno.AtomicOperation;
+}
+
+/** A message handler: returning acknowledges, throwing asks for redelivery. */
+export type MessageHandler = (
+  raw: unknown,
+  delivery: Delivery,
+) => Promise<void>;
+
+/** How deep the queue is (only drivers that can see it report this). */
+export interface QueueDepth {
+  /** Jobs due now and not leased. */
+  dueNow: number;
+  /** Jobs due later. */
+  delayed: number;
+  /** Jobs a worker holds right now. */
+  leased: number;
+  /** Age of the oldest job that is due and not leased, ms (0 if none). */
+  oldestDueAgeMs: number;
+  /** `true` when the count stopped at the scan bound. */
+  truncated: boolean;
+}
+
 /** A queue driver. */
 export interface QueueDriver {
-  /** Driver name, logged at startup. */
+  /** Driver name, logged at startup and shown in `/api/status`. */
   readonly name: string;
   /** Adds the enqueue of `message` to `op`; it is sent when `op` commits. */
   enqueue(
@@ -24,6 +60,22 @@ export interface QueueDriver {
     message: Message,
     options: EnqueueOptions,
   ): Deno.AtomicOperation;
-  /** Delivers messages to `handler` until KV closes. */
-  listen(handler: (raw: unknown) => Promise<void>): Promise<void>;
+  /** Delivers messages to `handler` until stopped or KV closes. */
+  listen(handler: MessageHandler): Promise<void>;
+  /**
+   * Delivers the messages due within `budgetMs`, then returns: how work gets
+   * done where no process stays up (Deno Deploy's cron ticks and requests).
+   * Only drivers that can be drained have it.
+   */
+  drain?(
+    handler: MessageHandler,
+    budgetMs: number,
+  ): Promise<{ delivered: number }>;
+  /** The queue's depth, where the driver can see it. */
+  depth?(): Promise<QueueDepth>;
+  /** Stops `listen` (in-flight handlers finish on their own). */
+  stop?(): void;
 }
+
+/** The acknowledgement of a driver that needs none. */
+export const NO_ACK: Delivery = { ack: (op) => op };

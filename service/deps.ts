@@ -53,4 +53,9 @@ export interface ServiceDeps {
   env: Record<string, string | undefined>;
   /** Aborted when the service shuts down past its grace period. */
   shutdownSignal: AbortSignal;
+  /**
+   * When set, each cycle drains the queue for at most this long after its
+   * fan-out (the `kv` driver where no process stays up, as on Deno Deploy).
+   */
+  drainBudgetMs: number | null;
 }

@@ -10,12 +10,13 @@ import type { DidKey } from "../charm/did.ts";
 import type { AnyRecipe } from "../charm/recipe.ts";
 import type { Config } from "../config/config.ts";
 import { dispatch } from "../handlers/dispatch.ts";
+import { resumeInterruptedFanouts } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
 import type { Integration } from "../integrations/integration.ts";
 import { NotFoundError, toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { Semaphore } from "../lib/semaphore.ts";
-import type { QueueDriver } from "../queue/queue.ts";
+import type { Delivery, QueueDriver } from "../queue/queue.ts";
 import { createCharm, listCharms, registerCharm } from "../store/charms.ts";
 import { sweepUndelivered } from "../store/dead_letters.ts";
 import { charmKey } from "../store/keys.ts";
@@ -47,6 +48,14 @@ export interface ServiceOptions {
   now?: () => number;
   fetch?: typeof fetch;
   timers?: Timers;
+  /**
+   * How queued work gets delivered: a queue listener (native), a worker loop
+   * (`kv` driver, long-running process), or drains inside each cron tick and
+   * fan-out request (`kv` driver on Deno Deploy). Default `listener`.
+   */
+  worker?: "listener" | "loop" | "cron";
+  /** Names this process in leases (default: a random id). */
+  ownerId?: string;
 }
 
 /** A running service. */
@@ -82,27 +91,29 @@ export function createService(
     allIntegrations: all,
     recipes: options.recipes,
     semaphore: new Semaphore(config.maxConcurrentJobs),
-    ownerId: crypto.randomUUID(),
+    ownerId: options.ownerId ?? crypto.randomUUID(),
     now: options.now ?? Date.now,
     random: Math.random,
     fetch: options.fetch ?? globalThis.fetch,
     timers,
     env: options.env,
     shutdownSignal: shutdownController.signal,
+    drainBudgetMs: options.worker === "cron" ? config.drainBudgetMs : null,
   };
+  const worker = options.worker ?? "listener";
   const log = logger("main");
   const inFlight = new Set<Promise<unknown>>();
   let accepting = true;
   let statusTimer: ReturnType<Timers["setTimeout"]> | undefined;
   let listening: Promise<void> | null = null;
 
-  async function onMessage(raw: unknown): Promise<void> {
+  async function onMessage(raw: unknown, delivery: Delivery): Promise<void> {
     if (!accepting) {
       // Shutting down: hold the delivery without acking it. The queue keeps
       // the message and delivers it again after the restart.
       return await new Promise<void>(() => {});
     }
-    const work = dispatch(deps, raw);
+    const work = dispatch(deps, raw, delivery);
     inFlight.add(work);
     let outcome: unknown;
     try {
@@ -182,15 +193,34 @@ export function createService(
         }
       }
       await sweepAndReport(deps);
-      listening = deps.queue.listen(onMessage);
-      log.info("Queue listener started ({driver} driver, {max} runs at once)", {
-        driver: deps.queue.name,
-        max: config.maxConcurrentJobs,
-      });
+      if (worker === "cron") {
+        log.info(
+          "Queue: {driver} driver, drained in each cron tick and fan-out request (no listener), {max} runs at once",
+          {
+            driver: deps.queue.name,
+            max: config.maxConcurrentJobs,
+          },
+        );
+      } else {
+        listening = deps.queue.listen(onMessage);
+        log.info(
+          "Queue: {driver} driver, {worker} running, {max} runs at once",
+          {
+            driver: deps.queue.name,
+            worker: worker === "loop" ? "worker loop" : "listener",
+            max: config.maxConcurrentJobs,
+          },
+        );
+      }
       scheduleStatusLog();
+      await resumeInterruptedFanouts(deps).catch((error) => {
+        log.error("Resuming interrupted fan-outs failed: {error}", {
+          error: toError(error).message,
+        });
+      });
       // A first fan-out now, so charms due in the current slot run without
       // waiting for the next minute; run keys make it safe to repeat.
-      await tick(deps, { mode: "now" }).catch((error) => {
+      await tick(deps, { mode: "now", drain: false }).catch((error) => {
         log.error("Startup fan-out failed: {error}", {
           error: toError(error).message,
         });
@@ -203,6 +233,7 @@ export function createService(
     async shutdown() {
       if (!accepting) return;
       accepting = false;
+      deps.queue.stop?.();
       if (statusTimer !== undefined) timers.clearTimeout(statusTimer);
       log.info(
         "Shutting down: waiting for {count} running charm(s), at most {ms} ms",

@@ -77,19 +77,18 @@ export async function startService(
   const status = child.status.then((s) => (exited = s.code));
 
   const url = await waitFor("the service to listen", () => {
-    if (exited !== null) {
-      throw new Error(
-        `service exited with ${exited} before listening:\n${text}`,
-      );
-    }
     const match = text.match(/Listening on (http:\/\/127\.0\.0\.1:\d+)/);
-    return match?.[1] ?? null;
+    return match?.[1] ?? (exited !== null ? "exited" : null);
   }, 30_000).catch((error) => {
     try {
       child.kill("SIGKILL");
     } catch { /* already gone */ }
     throw error;
   });
+  if (url === "exited") {
+    await pumps;
+    throw new Error(`service exited with ${exited} before listening:\n${text}`);
+  }
 
   async function stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
     if (exited === null) {

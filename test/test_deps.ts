@@ -73,6 +73,7 @@ export async function makeTestDeps(
     },
     env: {},
     shutdownSignal: new AbortController().signal,
+    drainBudgetMs: null,
     ...overrides,
   };
   return Object.assign(deps, {

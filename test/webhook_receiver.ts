@@ -19,6 +19,8 @@ export interface Reply {
   body?: unknown;
   /** Never answer (the request hangs until the client aborts). */
   hang?: boolean;
+  /** Answer after this long (a slow receiver), ms. */
+  delayMs?: number;
 }
 
 /** A running receiver. */
@@ -53,6 +55,9 @@ export function startWebhookReceiver(): WebhookReceiver {
           });
         });
         return new Response(null, { status: 504 });
+      }
+      if (reply.delayMs) {
+        await new Promise((resolve) => setTimeout(resolve, reply.delayMs));
       }
       return new Response(
         reply.body === undefined ? null : JSON.stringify(reply.body),

@@ -1,0 +1,409 @@
+/**
+ * The `kv` queue driver: a job table in Deno KV, for where the native queue
+ * does not exist (the new Deno Deploy, KV Connect / self-hosted `denokv`) and
+ * for spreading work over several processes on one KV file (the native
+ * queue's other processes see new messages only after about a minute).
+ *
+ * - **Jobs** live at `["queue_jobs", shard, dueAtMs, id]`, sharded by a hash
+ *   of the id so many workers do not all contend on one key range.
+ * - **Claim** is one atomic operation per batch (at most 10 jobs: KV Connect
+ *   allows 10 checks per operation) that checks each job, deletes it, and
+ *   writes it back keyed at `now + leaseMs` with the worker's name. A worker
+ *   that dies leaves the job to come due again when the lease ends.
+ * - **Completion** deletes the leased key: in the handler's own outcome commit
+ *   when it calls `delivery.ack(op)`, else right after the handler returns.
+ * - **Failure** (the handler throws) re-keys the job after the same backoff
+ *   the native driver uses; after the last one, or after too many deliveries
+ *   (a job that kills its worker every time), the message goes to its
+ *   `keysIfUndelivered` key, like the native queue's.
+ * - **Wake-up**: a long-running worker sleeps until the next due job, at most
+ *   `pollMs`, and wakes early when a local enqueue bumps the wake key
+ *   (`kv.watch`). On Deploy, `drain` runs inside each cron tick instead.
+ *
+ * Written here, not taken from a library: no maintained job queue runs on
+ * Deno KV's atomic operations on the edge runtime.
+ *
+ * @module
+ */
+import { toError } from "../lib/errors.ts";
+import { fnv1a32 } from "../lib/hash.ts";
+import { logger } from "../lib/log.ts";
+import { queueJobKey, queueShardPrefix, queueWakeKey } from "../store/keys.ts";
+import type { Message } from "../handlers/messages.ts";
+import { QUEUE_BACKOFF_MS } from "./native_queue.ts";
+import type {
+  Delivery,
+  EnqueueOptions,
+  MessageHandler,
+  QueueDepth,
+  QueueDriver,
+} from "./queue.ts";
+
+/** A stored job. */
+export interface Job {
+  id: string;
+  message: Message;
+  /** Deliveries so far (a claim is a delivery). */
+  deliveries: number;
+  /** Handler failures so far (throws, not crashes). */
+  failures: number;
+  undeliveredKey: Deno.KvKey;
+  enqueuedAt: number;
+  /** When it was (last) due: for the oldest-due-age figure. */
+  dueAt: number;
+  leasedBy: string | null;
+}
+
+/** Options for {@linkcode kvQueue}. */
+export interface KvQueueOptions {
+  /** Names this worker in leases. */
+  owner: string;
+  /** How long a claimed job stays hidden; must outlast a run. */
+  leaseMs: number;
+  /** Jobs this worker runs at once. */
+  maxInFlight: number;
+  /** Number of shards (fixed for a KV store: changing it strands jobs). */
+  shards?: number;
+  /** Longest idle sleep of the listening worker, ms. */
+  pollMs?: number;
+  /** Redelivery delays after a handler throws, ms. */
+  backoffSchedule?: number[];
+  /** Deliveries after which a job is given up (crash loops). */
+  maxDeliveries?: number;
+  now?: () => number;
+}
+
+/** Claims per atomic operation: KV Connect allows 10 checks. */
+export const CLAIM_BATCH = 10;
+
+/** Default number of shards. */
+export const DEFAULT_SHARDS = 8;
+
+/** The `kv` driver. */
+export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
+  const shards = options.shards ?? DEFAULT_SHARDS;
+  const pollMs = options.pollMs ?? 1_000;
+  const backoff = options.backoffSchedule ?? QUEUE_BACKOFF_MS;
+  const maxDeliveries = options.maxDeliveries ?? backoff.length + 5;
+  const now = options.now ?? Date.now;
+  const log = logger("queue", "kv");
+  let stopped = false;
+  let wake: (() => void) | null = null;
+  let nextShard = 0;
+
+  function shardOf(id: string): number {
+    return fnv1a32(id) % shards;
+  }
+
+  /** Lists up to `limit` due, unleased-or-expired jobs, shards round-robin. */
+  async function findDue(limit: number): Promise<Deno.KvEntry<Job>[]> {
+    const due: Deno.KvEntry<Job>[] = [];
+    const t = now();
+    for (let i = 0; i < shards && due.length < limit; i++) {
+      const shard = (nextShard + i) % shards;
+      const prefix = queueShardPrefix(shard);
+      const iterator = kv.list<Job>({
+        start: [...prefix, 0],
+        end: [...prefix, t + 1],
+      }, { limit: limit - due.length });
+      for await (const entry of iterator) due.push(entry);
+    }
+    nextShard = (nextShard + 1) % shards;
+    return due;
+  }
+
+  /** Claims a batch; returns the leased entries this worker now holds. */
+  async function claim(
+    entries: Deno.KvEntry<Job>[],
+  ): Promise<Deno.KvEntry<Job>[]> {
+    const claimed: Deno.KvEntry<Job>[] = [];
+    for (let i = 0; i < entries.length; i += CLAIM_BATCH) {
+      const batch = entries.slice(i, i + CLAIM_BATCH);
+      const result = await _claimBatch(batch);
+      if (result !== null) {
+        claimed.push(...result);
+        continue;
+      }
+      // Someone took one of them: claim one by one, losing only the taken.
+      for (const entry of batch) {
+        const single = await _claimBatch([entry]);
+        if (single !== null) claimed.push(...single);
+      }
+    }
+    return claimed;
+  }
+
+  async function _claimBatch(
+    batch: Deno.KvEntry<Job>[],
+  ): Promise<Deno.KvEntry<Job>[] | null> {
+    const t = now();
+    const leaseUntil = t + options.leaseMs;
+    const op = kv.atomic();
+    const leased: { key: Deno.KvKey; value: Job }[] = [];
+    for (const entry of batch) {
+      const job = entry.value;
+      op.check(entry).delete(entry.key);
+      if (job.deliveries >= maxDeliveries) {
+        // It was claimed this often and never finished: its handler kills
+        // the worker. Give it up as the native queue would.
+        op.set(job.undeliveredKey, job.message);
+        log.error("Gave up job {id} after {deliveries} deliveries", {
+          id: job.id,
+          deliveries: job.deliveries,
+        });
+        continue;
+      }
+      const value: Job = {
+        ...job,
+        deliveries: job.deliveries + 1,
+        leasedBy: options.owner,
+        dueAt: job.leasedBy === null ? entry.key[2] as number : job.dueAt,
+      };
+      const key = queueJobKey(shardOf(job.id), leaseUntil, job.id);
+      op.set(key, value);
+      leased.push({ key, value });
+    }
+    const commit = await op.commit();
+    if (!commit.ok) return null;
+    return leased.map(({ key, value }) => ({
+      key,
+      value,
+      versionstamp: commit.versionstamp,
+    }));
+  }
+
+  /** Runs one claimed job to completion (never throws). */
+  async function deliver(
+    entry: Deno.KvEntry<Job>,
+    handler: MessageHandler,
+  ): Promise<void> {
+    let acked = false;
+    const delivery: Delivery = {
+      ack(op) {
+        acked = true;
+        return op.delete(entry.key);
+      },
+    };
+    try {
+      await handler(entry.value.message, delivery);
+      // An acknowledged delivery was deleted in the handler's own commit; if
+      // that commit never happened, the lease runs out and a redelivery
+      // finds the work done.
+      if (!acked) await kv.delete(entry.key);
+    } catch (error) {
+      await _fail(entry, toError(error)).catch((failError) => {
+        // The lease will expire and the job come back: nothing is lost.
+        log.error("Cannot reschedule job {id}: {error}", {
+          id: entry.value.id,
+          error: toError(failError).message,
+        });
+      });
+    }
+  }
+
+  async function _fail(entry: Deno.KvEntry<Job>, error: Error): Promise<void> {
+    const job = entry.value;
+    const failures = job.failures + 1;
+    const op = kv.atomic().check(entry).delete(entry.key);
+    if (failures > backoff.length) {
+      op.set(job.undeliveredKey, job.message);
+      log.error("Job {id} failed {failures} times, gave up: {error}", {
+        id: job.id,
+        failures,
+        error: error.message,
+      });
+    } else {
+      const dueAt = now() + backoff[failures - 1]!;
+      op.set(queueJobKey(shardOf(job.id), dueAt, job.id), {
+        ...job,
+        failures,
+        leasedBy: null,
+        dueAt,
+      });
+      log.warn("Job {id} failed, redelivering in {ms} ms: {error}", {
+        id: job.id,
+        ms: backoff[failures - 1],
+        error: error.message,
+      });
+    }
+    await op.commit();
+  }
+
+  /** Milliseconds until the next job comes due; `Infinity` if none. */
+  async function msUntilNextDue(): Promise<number> {
+    let next = Infinity;
+    for (let shard = 0; shard < shards; shard++) {
+      for await (
+        const entry of kv.list<Job>({ prefix: queueShardPrefix(shard) }, {
+          limit: 1,
+        })
+      ) {
+        next = Math.min(next, entry.key[2] as number);
+      }
+    }
+    return Math.max(0, next - now());
+  }
+
+  /**
+   * The worker loop shared by `listen` and `drain`: claim what is due up to
+   * the free capacity, run it, sleep until the next due job.
+   */
+  async function work(
+    handler: MessageHandler,
+    until: () => boolean,
+    deadline: number,
+  ): Promise<number> {
+    const inFlight = new Set<Promise<void>>();
+    let delivered = 0;
+    while (!stopped && !until()) {
+      const capacity = options.maxInFlight - inFlight.size;
+      let claimed: Deno.KvEntry<Job>[] = [];
+      try {
+        if (capacity > 0) claimed = await claim(await findDue(capacity));
+      } catch (error) {
+        // KV unavailable for a moment (a locked SQLite file, a network blip):
+        // the worker must outlive it. Jobs stay in KV; try again after a pause.
+        log.warn("Cannot claim jobs, retrying in {ms} ms: {error}", {
+          ms: pollMs,
+          error: toError(error).message,
+        });
+        await new Promise((resolve) => setTimeout(resolve, pollMs));
+        continue;
+      }
+      for (const entry of claimed) {
+        const running = deliver(entry, handler).finally(() =>
+          inFlight.delete(running)
+        );
+        inFlight.add(running);
+        delivered++;
+      }
+      if (claimed.length > 0 && inFlight.size < options.maxInFlight) continue;
+      // Full, or nothing due: wait for a free slot, a wake-up, or the next
+      // due job, whichever comes first.
+      let waitMs = pollMs;
+      if (inFlight.size < options.maxInFlight) {
+        const untilNext = await msUntilNextDue().catch(() => pollMs);
+        // Draining: nothing more comes due within the budget.
+        if (inFlight.size === 0 && untilNext > deadline - now()) break;
+        waitMs = Math.min(untilNext, pollMs, deadline - now());
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.max(1, waitMs));
+        if (inFlight.size > 0) Promise.race(inFlight).then(done);
+        wake = done;
+        function done() {
+          clearTimeout(timer);
+          wake = null;
+          resolve();
+        }
+      });
+    }
+    await Promise.allSettled([...inFlight]);
+    return delivered;
+  }
+
+  return {
+    name: "kv",
+    enqueue(
+      op: Deno.AtomicOperation,
+      message: Message,
+      enqueue: EnqueueOptions,
+    ) {
+      const id = crypto.randomUUID();
+      const dueAt = now() + Math.max(0, Math.round(enqueue.delayMs));
+      const job: Job = {
+        id,
+        message,
+        deliveries: 0,
+        failures: 0,
+        undeliveredKey: enqueue.undeliveredKey,
+        enqueuedAt: now(),
+        dueAt,
+        leasedBy: null,
+      };
+      return op.set(queueJobKey(shardOf(id), dueAt, id), job)
+        .sum(queueWakeKey(), 1n);
+    },
+    async listen(handler) {
+      stopped = false;
+      const watcher = _watchWake(kv, () => wake?.());
+      try {
+        await work(handler, () => false, Infinity);
+      } finally {
+        watcher.cancel();
+      }
+    },
+    async drain(handler, budgetMs) {
+      const deadline = now() + budgetMs;
+      const delivered = await work(handler, () => now() >= deadline, deadline);
+      return { delivered };
+    },
+    async depth() {
+      return await _depth(kv, shards, now());
+    },
+    stop() {
+      stopped = true;
+      wake?.();
+    },
+  };
+}
+
+/** Calls `onWake` whenever the wake key changes; cancel to stop. */
+function _watchWake(kv: Deno.Kv, onWake: () => void): { cancel(): void } {
+  const stream = kv.watch([queueWakeKey()]);
+  const reader = stream.getReader();
+  (async () => {
+    try {
+      while (true) {
+        const { done } = await reader.read();
+        if (done) return;
+        onWake();
+      }
+    } catch {
+      // KV closed: the worker loop ends on its own.
+    }
+  })();
+  return {
+    cancel() {
+      reader.cancel().catch(() => {});
+    },
+  };
+}
+
+/** Counts jobs by state, scanning at most 10 000 entries. */
+async function _depth(
+  kv: Deno.Kv,
+  shards: number,
+  t: number,
+): Promise<QueueDepth> {
+  const bound = 10_000;
+  const depth: QueueDepth = {
+    dueNow: 0,
+    delayed: 0,
+    leased: 0,
+    oldestDueAgeMs: 0,
+    truncated: false,
+  };
+  let seen = 0;
+  for (let shard = 0; shard < shards; shard++) {
+    for await (
+      const entry of kv.list<Job>({ prefix: queueShardPrefix(shard) })
+    ) {
+      if (++seen > bound) {
+        depth.truncated = true;
+        return depth;
+      }
+      const keyDue = entry.key[2] as number;
+      if (entry.value.leasedBy !== null && keyDue > t) depth.leased++;
+      else if (keyDue > t) depth.delayed++;
+      else {
+        depth.dueNow++;
+        depth.oldestDueAgeMs = Math.max(
+          depth.oldestDueAgeMs,
+          t - entry.value.dueAt,
+        );
+      }
+    }
+  }
+  return depth;
+}

@@ -1,0 +1,72 @@
+/**
+ * Chooses the queue driver and worker mode for this platform.
+ *
+ * The native queue exists with local SQLite KV; the new Deno Deploy has KV and
+ * cron but no queues, and remote KV (KV Connect, self-hosted `denokv`) rejects
+ * enqueues. Where a process may stop when idle (Deploy), the `kv` driver is
+ * drained inside each cron tick instead of by a long-running loop.
+ *
+ * @module
+ */
+import type { Config } from "../config/config.ts";
+import { LEASE_MARGIN_MS } from "../handlers/run_charm.ts";
+import { kvQueue } from "./kv_queue.ts";
+import { nativeQueue } from "./native_queue.ts";
+import type { QueueDriver } from "./queue.ts";
+
+/** The resolved choice, with why, for the startup log. */
+export interface QueueChoice {
+  driver: "native" | "kv";
+  worker: "listener" | "loop" | "cron";
+  reason: string;
+}
+
+/** Resolves `auto` settings against the platform. */
+export function chooseQueue(
+  config: Pick<Config, "queueDriver" | "queueWorker" | "kvPath">,
+  env: Record<string, string | undefined>,
+): QueueChoice {
+  const onDeploy = Boolean(env.DENO_DEPLOYMENT_ID);
+  const remoteKv = /^https?:\/\//.test(config.kvPath);
+  let driver: "native" | "kv";
+  let reason: string;
+  if (config.queueDriver !== "auto") {
+    driver = config.queueDriver;
+    reason = "QUEUE_DRIVER";
+  } else if (onDeploy) {
+    driver = "kv";
+    reason = "Deno Deploy has no KV queues";
+  } else if (remoteKv) {
+    driver = "kv";
+    reason = "remote KV (KV Connect) has no queues";
+  } else {
+    driver = "native";
+    reason = "local KV has the native queue";
+  }
+  if (driver === "native") return { driver, worker: "listener", reason };
+  const worker = config.queueWorker === "auto"
+    ? (onDeploy ? "cron" : "loop")
+    : config.queueWorker;
+  return { driver, worker, reason };
+}
+
+/** Builds the chosen driver. */
+export function createQueue(
+  kv: Deno.Kv,
+  choice: QueueChoice,
+  config: Pick<
+    Config,
+    "maxConcurrentJobs" | "charmExecutionTimeoutMs" | "queuePollMs"
+  >,
+  owner: string,
+): QueueDriver {
+  if (choice.driver === "native") return nativeQueue(kv);
+  return kvQueue(kv, {
+    owner,
+    // A claimed job waits for no one: the worker claims only what it can
+    // run now, so the lease need only outlast one run and its commit.
+    leaseMs: config.charmExecutionTimeoutMs + LEASE_MARGIN_MS + 2_000,
+    maxInFlight: config.maxConcurrentJobs,
+    pollMs: config.queuePollMs,
+  });
+}

@@ -1,0 +1,123 @@
+/**
+ * Deno Deploy mode: KV and cron but no queues. The service must run charms on
+ * schedule with the `kv` driver drained inside cron ticks, never touching
+ * `enqueue` or `listenQueue`.
+ */
+import assert from "node:assert/strict";
+import { loadConfig } from "../config/config.ts";
+import { offsetMs } from "../handlers/fanout.ts";
+import { INTEGRATIONS } from "../integrations/manifest.ts";
+import { chooseQueue, createQueue } from "../queue/select_driver.ts";
+import { RECIPES } from "../recipes/mod.ts";
+import { createCharm, getCharmDetail, registerCharm } from "../store/charms.ts";
+import { SPACE } from "../test/test_deps.ts";
+import { createService } from "./service.ts";
+
+/** A KV whose queue methods fail, as on the new Deno Deploy. */
+function kvWithoutQueues(kv: Deno.Kv): Deno.Kv {
+  const refuse = () => {
+    throw new Error("This platform has no KV queues");
+  };
+  return new Proxy(kv, {
+    get(target, property) {
+      if (property === "enqueue" || property === "listenQueue") return refuse;
+      if (property === "atomic") {
+        return () => {
+          const op = target.atomic();
+          return new Proxy(op, {
+            get(opTarget, opProperty) {
+              if (opProperty === "enqueue") return refuse;
+              const value = Reflect.get(opTarget, opProperty, opTarget);
+              return typeof value === "function"
+                ? (...args: unknown[]) => {
+                  const result = value.apply(opTarget, args);
+                  return result === opTarget ? op : result;
+                }
+                : value;
+            },
+          });
+        };
+      }
+      const value = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+Deno.test("chooseQueue() picks the kv driver and cron draining on Deno Deploy", () => {
+  const config = {
+    queueDriver: "auto",
+    queueWorker: "auto",
+    kvPath: ":memory:",
+  } as const;
+  assert.deepEqual(
+    chooseQueue(config, { DENO_DEPLOYMENT_ID: "abc" }),
+    { driver: "kv", worker: "cron", reason: "Deno Deploy has no KV queues" },
+  );
+  assert.equal(chooseQueue(config, {}).driver, "native");
+  assert.equal(
+    chooseQueue({ ...config, kvPath: "https://kv.example.com/db" }, {}).worker,
+    "loop",
+  );
+  assert.equal(chooseQueue({ ...config, queueDriver: "kv" }, {}).driver, "kv");
+});
+
+Deno.test({
+  name:
+    "Deploy mode: charms run on schedule from cron ticks alone, without queues",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const raw = await Deno.openKv(":memory:");
+    const kv = kvWithoutQueues(raw);
+    try {
+      const env = { DENO_DEPLOYMENT_ID: "test-deployment" };
+      const config = loadConfig(
+        ["--integration=manual", "--interval=1"],
+        { KV_PATH: ":memory:", DRAIN_BUDGET_MS: "2500", QUEUE_POLL_MS: "20" },
+        INTEGRATIONS.map((i) => i.id),
+      );
+      const choice = chooseQueue(config, env);
+      const service = createService(config, {
+        kv,
+        queue: createQueue(kv, choice, config, "deploy-test"),
+        worker: choice.worker,
+        allIntegrations: INTEGRATIONS,
+        recipes: RECIPES,
+        env,
+      });
+      const refs = ["d1", "d2", "d3"].map((charmId) => ({
+        space: SPACE,
+        charmId,
+      }));
+      for (const ref of refs) {
+        await createCharm(kv, ref, RECIPES.get("counter")!, {}, Date.now());
+        await registerCharm(kv, "manual", ref, Date.now());
+      }
+      await service.start();
+      // One cron tick: it fans out this minute's 1 s slots and drains what
+      // comes due within its 2.5 s budget.
+      const tickStart = Date.now();
+      await service.onCron();
+      const tickEnd = Date.now();
+      for (const ref of refs) {
+        const detail = await getCharmDetail(kv, ref);
+        const result = detail?.cells.result as {
+          count: number;
+          lastRunAt: number;
+          lastSlot: number;
+        };
+        assert.ok(result.count >= 1, `${ref.charmId} ran`);
+        // It ran no earlier than its slot's scheduled time, inside the tick.
+        assert.ok(
+          result.lastRunAt >= result.lastSlot + offsetMs(ref, "manual", 1_000),
+        );
+        assert.ok(result.lastRunAt >= tickStart && result.lastRunAt <= tickEnd);
+        assert.equal(detail?.state.totalFailures, 0);
+      }
+      await service.shutdown();
+    } finally {
+      raw.close();
+    }
+  },
+});
