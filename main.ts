@@ -8,11 +8,13 @@
 import { registerCron } from "./cron.ts";
 import { type Config, loadConfig, usage } from "./config/config.ts";
 import { createApp } from "./http/app.ts";
+import { isDeployed, loadIdentity } from "./identity/load_identity.ts";
 import { INTEGRATIONS } from "./integrations/manifest.ts";
 import { ConfigError } from "./lib/errors.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { VERSION } from "./lib/version.ts";
-import { nativeQueue } from "./queue/native_queue.ts";
+import { chooseQueue, createQueue } from "./queue/select_driver.ts";
+import { withBusyRetry } from "./store/busy_retry.ts";
 import { RECIPES } from "./recipes/mod.ts";
 import { createService } from "./service/service.ts";
 
@@ -29,6 +31,16 @@ if (config.help) {
   console.log(usage(INTEGRATIONS));
   Deno.exit(0);
 }
+// The operator identity: the service's DID, the audience of identity tokens.
+let identity: Awaited<ReturnType<typeof loadIdentity>>;
+try {
+  identity = await loadIdentity(env);
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  console.error(`error: ${error.message}`);
+  Deno.exit(2);
+}
+const deployed = isDeployed(env);
 
 await setupLogging(config.logLevel);
 const log = logger("main");
@@ -36,10 +48,19 @@ if (config.kvPath !== ":memory:") {
   const dir = config.kvPath.replace(/[^/]*$/, "");
   if (dir !== "") await Deno.mkdir(dir, { recursive: true });
 }
-const kv = await Deno.openKv(config.kvPath);
+// Several processes may share a local KV file: retry SQLite lock contention.
+const kv = withBusyRetry(await Deno.openKv(config.kvPath));
+const ownerId = crypto.randomUUID();
+const queueChoice = chooseQueue(config, env);
+log.info("Queue driver: {driver} ({reason})", {
+  driver: queueChoice.driver,
+  reason: queueChoice.reason,
+});
 const service = createService(config, {
   kv,
-  queue: nativeQueue(kv),
+  queue: createQueue(kv, queueChoice, config, ownerId),
+  worker: queueChoice.worker,
+  ownerId,
   allIntegrations: INTEGRATIONS,
   recipes: RECIPES,
   env,
@@ -63,9 +84,13 @@ registerCron(async () => {
   }
 }, { signal: cronAbort.signal });
 
-if (config.adminToken === null) {
+log.info("Service identity {did} (from {source})", {
+  did: identity.identity.did,
+  source: identity.source,
+});
+if (config.adminToken === null && !deployed) {
   log.warn(
-    "ADMIN_TOKEN is not set: API writes are open to anyone who can reach port {port}",
+    "ADMIN_TOKEN is not set: the API is open to anyone who can reach port {port} (local development)",
     {
       port: config.port,
     },
@@ -74,6 +99,8 @@ if (config.adminToken === null) {
 const startedAt = Date.now();
 const app = createApp(service.deps, {
   adminToken: config.adminToken,
+  serviceDid: identity.identity.did,
+  deployed,
   version: VERSION,
   startedAt,
   healthMaxTickAgeMs: 2 * 60_000 + 30_000,

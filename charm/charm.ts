@@ -29,6 +29,14 @@ export interface CharmState {
   disabled: boolean;
   /** Why the charm is disabled, when it is. */
   disabledReason: string | null;
+  /**
+   * The charm's authorization was refused for good (`NeedsReauthError`): it is
+   * not run until its argument (holding the auth) is replaced. Absent in
+   * states written before this field existed.
+   */
+  needsReauth?: boolean;
+  /** Why it needs re-authentication, when it does. */
+  needsReauthReason?: string | null;
   lastExecuted: number | null;
   consecutiveFailures: number;
   lastError: string | null;
@@ -46,13 +54,14 @@ export interface CharmState {
 }
 
 /** Coarse status used for listing and filtering. */
-export type CharmStatus = "ok" | "failing" | "disabled";
+export type CharmStatus = "ok" | "failing" | "disabled" | "needs-reauth";
 
 /** Statuses accepted by `?status=`. */
 export const CHARM_STATUSES: readonly CharmStatus[] = [
   "ok",
   "failing",
   "disabled",
+  "needs-reauth",
 ];
 
 /** The state of a charm that never ran. */
@@ -60,6 +69,8 @@ export function initialCharmState(): CharmState {
   return {
     disabled: false,
     disabledReason: null,
+    needsReauth: false,
+    needsReauthReason: null,
     lastExecuted: null,
     consecutiveFailures: 0,
     lastError: null,
@@ -78,6 +89,7 @@ export function initialCharmState(): CharmState {
 /** The coarse status of a state. */
 export function charmStatus(state: CharmState): CharmStatus {
   if (state.disabled) return "disabled";
+  if (state.needsReauth) return "needs-reauth";
   return state.consecutiveFailures > 0 ? "failing" : "ok";
 }
 

@@ -43,6 +43,11 @@ export interface RunContext<A, R> {
   logger: Logger;
   /** The service clock, epoch ms. */
   now(): number;
+  /**
+   * What the integration's `prepare` hook returned for this run (an
+   * authorized API session, say); `undefined` without one (a manual run).
+   */
+  prepared: unknown;
 }
 
 /** A stream handler. It settles to end the run; throwing fails it. */

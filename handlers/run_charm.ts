@@ -10,8 +10,9 @@
  *    charm never overlap, across processes) and marks the run `running`. A
  *    live lease held by someone else defers this delivery until it expires:
  *    that covers both a concurrent duplicate and a crashed holder.
- * 4. **Execute** the recipe's stream with an `AbortSignal` that fires at the
- *    timeout. Cell writes are buffered in the context.
+ * 4. **Execute** the integration's `prepare` (a token refresh, say), then read
+ *    the cells and run the recipe's stream, all under an `AbortSignal` that
+ *    fires at the timeout. Cell writes are buffered in the context.
  * 5. **Record** the outcome in one atomic commit that checks the lease is
  *    still ours: the cells (success only), the charm state and its indexes,
  *    the run record, the service counters, the lease release, and for a
@@ -33,12 +34,14 @@ import type { DidKey } from "../charm/did.ts";
 import type { AnyRecipe, Cell, RunContext } from "../charm/recipe.ts";
 import { streamFor } from "../integrations/integration.ts";
 import {
+  NeedsReauthError,
   NonRetriableError,
   RetryAfterError,
   TimeoutError,
   toError,
 } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
+import { type Delivery, NO_ACK } from "../queue/queue.ts";
 import type { ServiceDeps, TimerId } from "../service/deps.ts";
 import { writeCharmState } from "../store/charms.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
@@ -129,6 +132,7 @@ const CLAIM_TRIES = 8;
 export async function runCharm(
   deps: ServiceDeps,
   message: RunMessage,
+  delivery: Delivery = NO_ACK,
 ): Promise<RunOutcome> {
   const ref: CharmRef = {
     space: message.space as DidKey,
@@ -149,7 +153,7 @@ export async function runCharm(
 
   const release = await deps.semaphore.acquire();
   try {
-    return await _claimAndRun(deps, ref, run, message, log);
+    return await _claimAndRun(deps, ref, run, message, log, delivery);
   } finally {
     release();
   }
@@ -193,6 +197,7 @@ async function _claimAndRun(
   run: string,
   message: RunMessage,
   log: Logger,
+  delivery: Delivery,
 ): Promise<RunOutcome> {
   const { kv, policy } = deps;
   for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
@@ -218,14 +223,21 @@ async function _claimAndRun(
     const now = deps.now();
     const state = stateEntry.value ?? initialCharmState();
 
-    if (state.disabled) {
+    if (state.disabled || state.needsReauth) {
+      // A run enqueued before the charm was parked: skip it like a disabled
+      // one. Replacing the argument (the auth) un-parks the charm.
+      const why = state.disabled
+        ? `charm is disabled${
+          state.disabledReason ? `: ${state.disabledReason}` : ""
+        }`
+        : `charm needs re-authentication${
+          state.needsReauthReason ? `: ${state.needsReauthReason}` : ""
+        }`;
       const skipped: RunRecord = {
         ..._newRecord(message),
         state: "skipped",
         finishedAt: now,
-        error: `charm is disabled${
-          state.disabledReason ? `: ${state.disabledReason}` : ""
-        }`,
+        error: why,
       };
       const { ok } = await kv.atomic().check(recordEntry)
         .set(runKey(ref, run), skipped, {
@@ -233,8 +245,9 @@ async function _claimAndRun(
         })
         .commit();
       if (!ok) continue;
-      log.info("Skipped run: {charm} is disabled", {
+      log.info("Skipped run: {charm} is {why}", {
         charm: formatCharmRef(ref),
+        why: state.disabled ? "disabled" : "waiting for re-authentication",
       });
       return "skipped";
     }
@@ -304,6 +317,7 @@ async function _claimAndRun(
       claim.versionstamp,
       execution,
       log,
+      delivery,
     );
   }
   throw new Error(
@@ -379,21 +393,6 @@ async function _execute(
   }
 
   const ref = { space: charm.space, charmId: charm.charmId };
-  const [argumentEntry, resultEntry] = await deps.kv.getMany<
-    [unknown, unknown]
-  >([
-    cellKey(ref, "argument"),
-    cellKey(ref, "result"),
-  ]);
-  const argument = recipe.argumentSchema.safeParse(argumentEntry.value);
-  if (!argument.success) {
-    return fail(
-      new NonRetriableError(
-        `The argument cell no longer matches recipe "${recipe.name}"`,
-      ),
-    );
-  }
-
   const controller = new AbortController();
   const onShutdown = () => controller.abort(new Error("Service shutting down"));
   deps.shutdownSignal.addEventListener("abort", onShutdown, { once: true });
@@ -413,31 +412,53 @@ async function _execute(
     }, { once: true });
   });
 
-  const cells = _bufferedCells(
-    argument.data,
-    resultEntry.value ?? recipe.initialResult(argument.data),
-  );
-  const ctx: RunContext<unknown, unknown> = {
-    space: charm.space,
-    charmId: charm.charmId,
-    integration: message.integration,
-    slot: message.slot,
-    attempt: message.attempt,
-    argument: cells.argument,
-    result: cells.result,
-    signal: controller.signal,
-    fetch: deps.fetch,
-    logger: logger("charm").with({ charm: formatCharmRef(ref) }),
-    now: deps.now,
-  };
-
+  const opened: { cells?: ReturnType<typeof _bufferedCells> } = {};
   const work = (async (): Promise<Execution> => {
-    if (integration?.prepare) {
-      await integration.prepare(
-        { kv: deps.kv, env: deps.env, now: deps.now },
-        charm,
+    // `prepare` runs first and may rewrite the argument cell (a refreshed
+    // token), so the cells are read after it.
+    const prepared = integration?.prepare
+      ? await integration.prepare({
+        kv: deps.kv,
+        env: deps.env,
+        now: deps.now,
+        fetch: deps.fetch,
+        signal: controller.signal,
+      }, charm)
+      : undefined;
+    // A `prepare` that outlived the deadline must not start the handler.
+    controller.signal.throwIfAborted();
+    const [argumentEntry, resultEntry] = await deps.kv.getMany<
+      [unknown, unknown]
+    >([
+      cellKey(ref, "argument"),
+      cellKey(ref, "result"),
+    ]);
+    const argument = recipe.argumentSchema.safeParse(argumentEntry.value);
+    if (!argument.success) {
+      throw new NonRetriableError(
+        `The argument cell no longer matches recipe "${recipe.name}"`,
       );
     }
+    controller.signal.throwIfAborted();
+    const cells = _bufferedCells(
+      argument.data,
+      resultEntry.value ?? recipe.initialResult(argument.data),
+    );
+    opened.cells = cells;
+    const ctx: RunContext<unknown, unknown> = {
+      space: charm.space,
+      charmId: charm.charmId,
+      integration: message.integration,
+      slot: message.slot,
+      attempt: message.attempt,
+      argument: cells.argument,
+      result: cells.result,
+      signal: controller.signal,
+      fetch: deps.fetch,
+      logger: logger("charm").with({ charm: formatCharmRef(ref) }),
+      now: deps.now,
+      prepared,
+    };
     await handler(ctx);
     return {
       ok: true,
@@ -451,7 +472,7 @@ async function _execute(
     // running in the background, but its buffered writes are discarded.
     return await Promise.race([work, deadline, aborted]);
   } finally {
-    cells.close();
+    opened.cells?.close();
     if (timer !== undefined) deps.timers.clearTimeout(timer);
     deps.shutdownSignal.removeEventListener("abort", onShutdown);
     if (!controller.signal.aborted) controller.abort(new Error("Run finished"));
@@ -522,6 +543,7 @@ async function _record(
   leaseVersionstamp: string,
   execution: Execution,
   log: Logger,
+  delivery: Delivery,
 ): Promise<RunOutcome> {
   const { kv, policy } = deps;
   const charmEntry = await kv.get<Charm>(charmKey(ref));
@@ -611,6 +633,25 @@ async function _record(
           delayMs,
           undeliveredKey: undeliveredKey(ref, run, next.attempt),
         });
+      } else if (error instanceof NeedsReauthError) {
+        // The user has to act, not the service: park the charm (the fan-out
+        // and this handler skip it until its argument is replaced) without
+        // counting toward being disabled.
+        outcome = "failed";
+        after = {
+          ...withError,
+          totalExecutions: before.totalExecutions + 1,
+          totalFailures: before.totalFailures + 1,
+          needsReauth: true,
+          needsReauthReason: error.message.slice(0, 2000),
+        };
+        op.set(
+          runKey(ref, run),
+          { ...base, state: "failed", error: errorText },
+          ttl,
+        );
+        addToCounter(op, serviceCounterKey("totalFailures"), 1);
+        addToCounter(op, serviceCounterKey("totalCharmsProcessed"), 1);
       } else {
         outcome = "failed";
         const consecutiveFailures = before.consecutiveFailures + 1;
@@ -638,6 +679,8 @@ async function _record(
       }
     }
     writeCharmState(op, ref, stateEntry.value, after);
+    // Acknowledge the delivery in the same commit (the kv driver's job).
+    delivery.ack(op);
     if (!(await op.commit()).ok) continue;
 
     _logOutcome(log, outcome, ref, message, execution, before, after, policy);
@@ -709,6 +752,12 @@ function _logOutcome(
         ...props,
         attempt: message.attempt,
       },
+    );
+  }
+  if (after.needsReauth && !before.needsReauth) {
+    log.error(
+      "{charm} needs re-authentication; it is parked until its argument is replaced: {error}",
+      props,
     );
   }
   if (after.disabled && !before.disabled) {

@@ -1,15 +1,22 @@
 /**
  * The HTTP API: health, status, charms, integration registries, manual runs,
- * fan-outs by hand and dead letters, as JSON over hono.
+ * fan-outs by hand, space delegates and dead letters, as JSON over hono; and
+ * the operator's dashboard at `/`.
  *
  * Every error leaves as `{"error": "<field>: <problem>"}`; the mapping from
  * thrown errors to statuses lives in one place ({@linkcode createApp}'s
  * `onError`): `TypeError` / `RangeError` / `ZodError` are 400,
+ * `UnauthenticatedError` 401 and `ForbiddenError` 403 (both with a `reason`),
  * `NotFoundError` 404, `ConflictError` 409, anything else 500 with no detail
  * (it is logged instead).
  *
- * When an admin token is configured, every non-GET `/api/*` request needs
- * `Authorization: Bearer <token>`; reads stay open.
+ * Who may do what (`http/auth.ts` says who is asking): `/health` and the
+ * aggregate counts of `/api/status` are public; a space's charms, cells,
+ * state and registrations need the operator, the space's own identity or
+ * one of its delegates; a space's delegates need the operator or the space's
+ * owner; listings across spaces, fan-outs and dead letters need the
+ * operator. With no `ADMIN_TOKEN` and not deployed, anonymous requests are
+ * the operator (local development).
  *
  * @module
  */
@@ -26,8 +33,7 @@ import {
   newCharmId,
   parseCharmId,
 } from "../charm/charm.ts";
-import { isDidKey, parseDidKey } from "../charm/did.ts";
-import { runKeyOf, type RunMessage } from "../handlers/messages.ts";
+import { type DidKey, isDidKey, parseDidKey } from "../charm/did.ts";
 import { tick } from "../handlers/tick.ts";
 import { ConflictError, NotFoundError, toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
@@ -38,17 +44,41 @@ import {
   getCharmSummary,
   listCharms,
   registerCharm,
-  setCharmDisabled,
   unregisterCharm,
 } from "../store/charms.ts";
+import { replayDeadLetter } from "../store/dead_letter_replay.ts";
 import { listDeadLetters } from "../store/dead_letters.ts";
-import { undeliveredKey } from "../store/keys.ts";
+import {
+  addDelegate,
+  listDelegates,
+  removeDelegate,
+} from "../store/delegates.ts";
+import { replaceCharmArgument } from "../store/charm_argument.ts";
 import { readServiceState } from "../store/service_state.ts";
+import {
+  authenticate,
+  ForbiddenError,
+  missingToken,
+  type Principal,
+  requireOperator,
+  requireSpace,
+  UnauthenticatedError,
+} from "./auth.ts";
+import { enqueueManualRun, setDisabledByHand } from "./charm_actions.ts";
+import { registerDashboard } from "./dashboard.ts";
+import { readHealth } from "./health.ts";
 
 /** Options for {@linkcode createApp}. */
 export interface AppOptions {
-  /** Bearer token required for non-GET `/api/*` requests; `null` for none. */
+  /** The operator's bearer token (`ADMIN_TOKEN`); `null` for none. */
   adminToken: string | null;
+  /** The service's DID: identity tokens name it as their audience. */
+  serviceDid: DidKey;
+  /**
+   * Running deployed (on Deno Deploy): anonymous requests are never the
+   * operator, even without an admin token.
+   */
+  deployed: boolean;
   /** Service version, shown by `/health` and `/api/status`. */
   version: string;
   /** When this process started, epoch ms. */
@@ -93,6 +123,13 @@ const fanoutBodySchema = z.object({
   integration: _requiredString().optional(),
 }).strict();
 
+const delegateBodySchema = z.object({
+  did: spaceSchema,
+}).strict();
+
+/** The hono environment of the app: the principal of each request. */
+export type AppEnv = { Variables: { principal: Principal } };
+
 /**
  * Builds the HTTP API over `deps`.
  *
@@ -100,6 +137,8 @@ const fanoutBodySchema = z.object({
  * ```ts ignore
  * const app = createApp(deps, {
  *   adminToken: null,
+ *   serviceDid: identity.did,
+ *   deployed: false,
  *   version: "1.0.0",
  *   startedAt: Date.now(),
  *   healthMaxTickAgeMs: 180_000,
@@ -107,13 +146,40 @@ const fanoutBodySchema = z.object({
  * Deno.serve(app.fetch);
  * ```
  */
-export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
+export function createApp(
+  deps: ServiceDeps,
+  options: AppOptions,
+): Hono<AppEnv> {
   const { kv } = deps;
   const log = logger("http");
-  const app = new Hono();
+  const app = new Hono<AppEnv>();
+  const authOptions = {
+    adminToken: options.adminToken,
+    serviceDid: options.serviceDid,
+    openAccess: options.adminToken === null && !options.deployed,
+    now: deps.now,
+  };
 
   app.use("*", _requestLog());
-  app.use("/api/*", _bearerAuth(options.adminToken));
+  app.use("*", async (c, next) => {
+    // `/health` answers probes whatever they send; everything else needs a
+    // presented token to be valid.
+    c.set(
+      "principal",
+      c.req.path === "/health"
+        ? { kind: "anonymous" }
+        : await authenticate(c.req.header("authorization"), authOptions),
+    );
+    await next();
+  });
+  // The API is for callers who say who they are; only the status is public.
+  app.use("/api/*", async (c, next) => {
+    const isPublic = c.req.method === "GET" && c.req.path === "/api/status";
+    if (!isPublic && c.get("principal").kind === "anonymous") {
+      throw missingToken();
+    }
+    await next();
+  });
   app.use(
     "*",
     bodyLimit({
@@ -124,42 +190,32 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
   );
 
   app.get("/health", async (c) => {
-    let lastTickAt: number | null;
-    try {
-      ({ lastTickAt } = await readServiceState(kv));
-    } catch (error) {
-      log.warn("Health check cannot read KV: {error}", { error });
-      return c.json({
-        ok: false,
-        kv: "error",
-        reason: `KV unreachable: ${toError(error).message}`,
-        version: options.version,
-      }, 503);
-    }
-    const now = deps.now();
-    // Before the first tick, the process's own age stands in for the tick's.
-    const age = now - (lastTickAt ?? options.startedAt);
-    const fresh = lastTickAt === null
-      ? age < options.healthMaxTickAgeMs
-      : age <= options.healthMaxTickAgeMs;
-    if (!fresh) {
-      return c.json({
-        ok: false,
-        kv: "ok",
-        reason: `no cron tick for ${Math.round(age / 1000)} s` +
-          (lastTickAt === null ? " (none since start)" : ""),
-        lastTickAt,
-        version: options.version,
-      }, 503);
-    }
-    return c.json({ ok: true, kv: "ok", lastTickAt, version: options.version });
+    const health = await readHealth(kv, deps.now(), options);
+    return c.json({
+      ...health,
+      version: options.version,
+      did: options.serviceDid,
+    }, health.ok ? 200 : 503);
   });
 
   app.get("/api/status", async (c) => {
     const state = await readServiceState(kv);
+    if (c.get("principal").kind !== "operator") {
+      // The public sees aggregate counts only.
+      return c.json({
+        version: options.version,
+        did: options.serviceDid,
+        charms: state.charms,
+        cyclesCompleted: state.cyclesCompleted,
+        totalCharmsProcessed: state.totalCharmsProcessed,
+        totalSuccesses: state.totalSuccesses,
+        totalFailures: state.totalFailures,
+      });
+    }
     return c.json({
       ...state,
       version: options.version,
+      did: options.serviceDid,
       startTime: options.startedAt,
       queue: {
         driver: deps.queue.name,
@@ -171,6 +227,23 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
   });
 
   app.get("/api/charms", async (c) => {
+    const spaceParam = _nonEmpty(c.req.query("space"));
+    const space = spaceParam === undefined
+      ? undefined
+      : _field("space", parseDidKey, spaceParam);
+    if (space === undefined) {
+      requireOperator(
+        c.get("principal"),
+        "list charms across spaces (add ?space=<did>)",
+      );
+    } else {
+      await requireSpace(
+        kv,
+        c.get("principal"),
+        space,
+        `list the charms of space ${space}`,
+      );
+    }
     const limit = _limitParam(c.req.query("limit"));
     const status = _statusParam(c.req.query("status"));
     const integration = _nonEmpty(c.req.query("integration"));
@@ -184,6 +257,7 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
     const cursor = _nonEmpty(c.req.query("cursor"));
     const page = await listCharms(kv, {
       limit,
+      ...(space !== undefined ? { space } : {}),
       ...(status !== undefined ? { status } : {}),
       ...(integration !== undefined ? { integration } : {}),
       ...(cursor !== undefined ? { cursor } : {}),
@@ -193,6 +267,13 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
 
   app.post("/api/charms", async (c) => {
     const body = createCharmBodySchema.parse(await _jsonBody(c, false));
+    const space = parseDidKey(body.space);
+    await requireSpace(
+      kv,
+      c.get("principal"),
+      space,
+      `create a charm in space ${space}`,
+    );
     const recipe = deps.recipes.get(body.recipe);
     if (recipe === undefined) {
       throw new TypeError(
@@ -201,10 +282,7 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
         }`,
       );
     }
-    const ref: CharmRef = {
-      space: parseDidKey(body.space),
-      charmId: body.charmId ?? newCharmId(),
-    };
+    const ref: CharmRef = { space, charmId: body.charmId ?? newCharmId() };
     await createCharm(kv, ref, recipe, body.argument, deps.now());
     log.info("Created charm {charm} with recipe {recipe}", {
       charm: formatCharmRef(ref),
@@ -214,71 +292,43 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
   });
 
   app.get("/api/charms/:space/:charmId", async (c) => {
-    const ref = _refParams(c);
+    const ref = await _authorizedRef(c, "read charm");
     const detail = await getCharmDetail(kv, ref);
     if (detail === null) throw _charmNotFound(ref);
     return c.json({
       ...detail,
+      cells: _redactSecrets(detail.cells),
       recipeDescription: deps.recipes.get(detail.recipe)?.description ?? null,
     });
   });
 
-  app.post("/api/charms/:space/:charmId/run", async (c) => {
-    const ref = _refParams(c);
-    const charm = await getCharmSummary(kv, ref);
-    if (charm === null) throw _charmNotFound(ref);
-    if (charm.state.disabled) {
-      throw new ConflictError(
-        `Cannot run charm ${
-          formatCharmRef(ref)
-        }: it is disabled; enable it first`,
-      );
-    }
-    // A charm disabled between this check and the delivery is skipped by the
-    // run handler, which reads the state again.
-    const now = deps.now();
-    const message: RunMessage = {
-      type: "run",
-      v: 1,
-      space: ref.space,
-      charmId: ref.charmId,
-      integration: null,
-      kind: "manual",
-      slot: now,
-      runId: crypto.randomUUID(),
-      attempt: 1,
-      enqueuedAt: now,
-    };
-    const { ok } = await deps.queue.enqueue(kv.atomic(), message, {
-      delayMs: 0,
-      undeliveredKey: undeliveredKey(ref, runKeyOf(message), 1),
-    }).commit();
-    if (!ok) {
-      throw new Error(
-        `Cannot enqueue a run of ${formatCharmRef(ref)}: commit failed`,
-      );
-    }
-    log.info("Enqueued manual run {runId} of {charm}", {
-      runId: message.runId,
+  app.put("/api/charms/:space/:charmId/argument", async (c) => {
+    const ref = await _authorizedRef(c, "replace the argument of charm");
+    const body = await _jsonBody(c, false);
+    const state = await replaceCharmArgument(kv, deps.recipes, ref, body);
+    // The argument may hold tokens: log that it changed, never its value.
+    log.info("Replaced the argument of {charm}", {
       charm: formatCharmRef(ref),
     });
-    return c.json({ runId: message.runId }, 202);
+    return c.json({ status: charmStatus(state), state });
+  });
+
+  app.post("/api/charms/:space/:charmId/run", async (c) => {
+    const ref = await _authorizedRef(c, "run charm");
+    return c.json(await enqueueManualRun(deps, ref), 202);
   });
 
   for (const action of ["enable", "disable"] as const) {
     app.post(`/api/charms/:space/:charmId/${action}`, async (c) => {
-      const ref = _refParams(c);
-      const state = await setCharmDisabled(
-        kv,
-        ref,
-        action === "disable",
-        "disabled by operator",
+      const ref = await _authorizedRef(c, `${action} charm`);
+      return c.json(
+        await setDisabledByHand(
+          deps,
+          ref,
+          action === "disable",
+          _principalName(c.get("principal")),
+        ),
       );
-      log.info("Operator {action}d charm {charm}", {
-        action,
-        charm: formatCharmRef(ref),
-      });
-      return c.json({ status: charmStatus(state), state });
     });
   }
 
@@ -289,6 +339,12 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
       space: parseDidKey(body.space),
       charmId: body.charmId,
     };
+    await requireSpace(
+      kv,
+      c.get("principal"),
+      ref.space,
+      `register charm ${formatCharmRef(ref)} with ${integration}`,
+    );
     const summary = await getCharmSummary(kv, ref);
     if (summary === null) {
       throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
@@ -317,7 +373,7 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
 
   app.delete("/api/integrations/:id/charms/:space/:charmId", async (c) => {
     const integration = _knownIntegration(deps, c.req.param("id"));
-    const ref = _refParams(c);
+    const ref = await _authorizedRef(c, `unregister charm from ${integration}`);
     const removed = await unregisterCharm(kv, integration, ref);
     log.info("Unregistered {charm} from {integration}: {removed}", {
       charm: formatCharmRef(ref),
@@ -328,6 +384,7 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
   });
 
   app.post("/api/fanout", async (c) => {
+    requireOperator(c.get("principal"), "start a fan-out");
     const body = fanoutBodySchema.parse(await _jsonBody(c, true));
     if (
       body.integration !== undefined && !deps.integrations.has(body.integration)
@@ -348,6 +405,7 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
   });
 
   app.get("/api/dead-letters", async (c) => {
+    requireOperator(c.get("principal"), "list dead letters");
     const limit = _limitParam(c.req.query("limit"));
     const cursor = _nonEmpty(c.req.query("cursor"));
     return c.json(
@@ -358,11 +416,74 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
     );
   });
 
+  app.post("/api/dead-letters/:id/replay", async (c) => {
+    requireOperator(c.get("principal"), "replay a dead letter");
+    const id = c.req.param("id");
+    const { message } = await replayDeadLetter(kv, deps.queue, id);
+    log.info("Replayed dead letter {id}: {charm}", {
+      id,
+      charm: `${message.space}/${message.charmId}`,
+    });
+    return c.json({ replayed: true, message }, 202);
+  });
+
+  app.get("/api/spaces/:space/delegates", async (c) => {
+    const space = await _delegatesSpace(c, "list the delegates of");
+    return c.json({ delegates: await listDelegates(kv, space) });
+  });
+
+  app.post("/api/spaces/:space/delegates", async (c) => {
+    const space = await _delegatesSpace(c, "add a delegate to");
+    const { did } = delegateBodySchema.parse(await _jsonBody(c, false));
+    const delegate = parseDidKey(did);
+    if (delegate === space) {
+      throw new TypeError(
+        `did: ${did} is the space itself; its owner needs no grant`,
+      );
+    }
+    const principal = c.get("principal");
+    const result = await addDelegate(
+      kv,
+      space,
+      delegate,
+      _principalName(principal),
+      deps.now(),
+    );
+    log.info("Space {space} delegated to {did}: {result}", {
+      space,
+      did: delegate,
+      result,
+    });
+    return c.json({ did: delegate, ...result }, result.added ? 201 : 200);
+  });
+
+  app.delete("/api/spaces/:space/delegates/:did", async (c) => {
+    const space = await _delegatesSpace(c, "remove a delegate from");
+    const did = _field("did", parseDidKey, c.req.param("did") ?? "");
+    const removed = await removeDelegate(kv, space, did);
+    log.info("Space {space} revoked {did}: {removed}", {
+      space,
+      did,
+      removed,
+    });
+    return c.json({ removed });
+  });
+
+  registerDashboard(app, deps, options);
+
   app.notFound((c) =>
     c.json({ error: `No route for ${c.req.method} ${c.req.path}` }, 404)
   );
 
   app.onError((error, c) => {
+    if (error instanceof UnauthenticatedError) {
+      return c.json({ error: error.message, reason: error.reason }, 401, {
+        "WWW-Authenticate": `Bearer realm="bcs", error="invalid_token"`,
+      });
+    }
+    if (error instanceof ForbiddenError) {
+      return c.json({ error: error.message, reason: "forbidden" }, 403);
+    }
     if (error instanceof z.ZodError) {
       return c.json({ error: _formatZodError(error) }, 400);
     }
@@ -386,7 +507,40 @@ export function createApp(deps: ServiceDeps, options: AppOptions): Hono {
     return c.json({ error: "internal error" }, 500);
   });
 
+  /** The charm named by the path, once the principal may act on its space. */
+  async function _authorizedRef(c: Context<AppEnv>, action: string) {
+    const ref = _refParams(c);
+    await requireSpace(
+      kv,
+      c.get("principal"),
+      ref.space,
+      `${action} ${formatCharmRef(ref)}`,
+    );
+    return ref;
+  }
+
+  /** The `:space` of a delegates route, once the principal owns it. */
+  async function _delegatesSpace(
+    c: Context<AppEnv>,
+    action: string,
+  ): Promise<DidKey> {
+    const space = _field("space", parseDidKey, c.req.param("space") ?? "");
+    await requireSpace(
+      kv,
+      c.get("principal"),
+      space,
+      `${action} space ${space}`,
+      false,
+    );
+    return space;
+  }
+
   return app;
+}
+
+/** How logs and disabled reasons name who acted. */
+function _principalName(principal: Principal): string {
+  return principal.kind === "identity" ? principal.did : principal.kind;
 }
 
 /** Logs every request at debug: method, path, status, duration. */
@@ -402,42 +556,6 @@ function _requestLog(): MiddlewareHandler {
       ms: Math.round(performance.now() - start),
     });
   };
-}
-
-/** Requires the bearer token on writes when one is configured. */
-function _bearerAuth(token: string | null): MiddlewareHandler {
-  return async (c, next) => {
-    if (token === null || c.req.method === "GET" || c.req.method === "HEAD") {
-      return await next();
-    }
-    const header = c.req.header("authorization") ?? "";
-    const match = /^Bearer\s+(.+)$/i.exec(header);
-    const challenge = { "WWW-Authenticate": 'Bearer realm="bcs"' };
-    if (match === null) {
-      return c.json({ error: "missing bearer token" }, 401, challenge);
-    }
-    if (!(await _timingSafeEqual(match[1]!.trim(), token))) {
-      return c.json({ error: "invalid bearer token" }, 401, challenge);
-    }
-    return await next();
-  };
-}
-
-/**
- * Compares two strings in time independent of where they differ: both are
- * hashed first, so the comparison runs over equal-length digests.
- */
-async function _timingSafeEqual(a: string, b: string): Promise<boolean> {
-  const encoder = new TextEncoder();
-  const [da, db] = await Promise.all([
-    crypto.subtle.digest("SHA-256", encoder.encode(a)),
-    crypto.subtle.digest("SHA-256", encoder.encode(b)),
-  ]);
-  const x = new Uint8Array(da);
-  const y = new Uint8Array(db);
-  let diff = 0;
-  for (let i = 0; i < x.length; i++) diff |= x[i]! ^ y[i]!;
-  return diff === 0;
 }
 
 /**
@@ -554,6 +672,23 @@ function _formatZodError(error: z.ZodError): string {
       `${issue.path.length ? issue.path.join(".") : "body"}: ${issue.message}`
     )
     .join("; ");
+}
+
+/** Names of cell fields that hold credentials; their values are not shown. */
+const SECRET_FIELDS = new Set(["token", "refreshToken", "accessToken"]);
+
+/** A copy of `value` with every non-empty secret field's string replaced. */
+function _redactSecrets<T>(value: T): T {
+  if (Array.isArray(value)) return value.map(_redactSecrets) as T;
+  if (value === null || typeof value !== "object") return value;
+  return Object.fromEntries(
+    Object.entries(value).map(([key, field]) => [
+      key,
+      SECRET_FIELDS.has(key) && typeof field === "string" && field !== ""
+        ? "[redacted]"
+        : _redactSecrets(field),
+    ]),
+  ) as T;
 }
 
 function _clip(value: string): string {

@@ -1,120 +1,24 @@
 import assert from "node:assert/strict";
 import { configure, reset } from "@logtape/logtape";
-import type { Hono } from "hono";
+import type { CharmState } from "../charm/charm.ts";
 import { parseMessage } from "../handlers/messages.ts";
 import { memorySink } from "../lib/log.ts";
-import type { QueueDriver } from "../queue/queue.ts";
+import { writeCharmState } from "../store/charms.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
+import { charmStateKey } from "../store/keys.ts";
 import { updateServiceTimes } from "../store/service_state.ts";
+import { OTHER_SPACE, recordingQueue, SPACE } from "../test/test_deps.ts";
+import { MAX_BODY_BYTES } from "./app.ts";
 import {
-  makeTestDeps,
-  OTHER_SPACE,
-  recordingQueue,
-  type SentMessage,
-  SPACE,
-} from "../test/test_deps.ts";
-import type { ServiceDeps } from "../service/deps.ts";
-import { createApp, MAX_BODY_BYTES } from "./app.ts";
-
-const T0 = Date.UTC(2025, 0, 1, 12, 0, 30);
-const MAX_TICK_AGE_MS = 180_000;
-const TOKEN = "s3cret-admin-token";
-
-interface Harness extends AsyncDisposable {
-  deps: ServiceDeps;
-  app: Hono;
-  /** The injected clock: set `clock.t` to move time. */
-  clock: { t: number };
-  /** Every message enqueued through the (real, recording) queue driver. */
-  sent: SentMessage[];
-  /** Sends a request; `body` is JSON-encoded unless it is a string. */
-  call(
-    method: string,
-    path: string,
-    body?: unknown,
-    headers?: Record<string, string>,
-  ): Promise<Response>;
-}
-
-async function _harness(options: {
-  adminToken?: string;
-  integrationIds?: string[];
-  queue?: (kv: Deno.Kv) => QueueDriver;
-  startedAt?: number;
-} = {}): Promise<Harness> {
-  const clock = { t: T0 };
-  const kv = await Deno.openKv(":memory:");
-  const queue = recordingQueue(kv);
-  const deps = await makeTestDeps({
-    kv,
-    queue: options.queue?.(kv) ?? queue,
-    now: () => clock.t,
-    ...(options.integrationIds
-      ? { integrationIds: options.integrationIds }
-      : {}),
-  });
-  const app = createApp(deps, {
-    adminToken: options.adminToken ?? null,
-    version: "1.2.3-test",
-    startedAt: options.startedAt ?? T0,
-    healthMaxTickAgeMs: MAX_TICK_AGE_MS,
-  });
-  return {
-    deps,
-    app,
-    clock,
-    sent: queue.sent,
-    call(method, path, body, headers = {}) {
-      const init: RequestInit = { method, headers: { ...headers } };
-      if (body !== undefined) {
-        init.body = typeof body === "string" ? body : JSON.stringify(body);
-        (init.headers as Record<string, string>)["content-type"] =
-          "application/json";
-      }
-      return Promise.resolve(app.request(path, init));
-    },
-    [Symbol.asyncDispose]: () => deps[Symbol.asyncDispose](),
-  };
-}
-
-async function _json(response: Response): Promise<Record<string, unknown>> {
-  assert.match(response.headers.get("content-type") ?? "", /application\/json/);
-  return await response.json();
-}
-
-/** Sends a request and checks its status, returning the JSON body. */
-async function _expect(
-  status: number,
-  response: Promise<Response>,
-): Promise<Record<string, unknown>> {
-  const res = await response;
-  const body = await _json(res);
-  assert.equal(
-    res.status,
-    status,
-    `expected ${status}, got ${res.status}: ${JSON.stringify(body)}`,
-  );
-  return body;
-}
-
-async function _createCounter(
-  h: Harness,
-  charmId: string,
-  space: string = SPACE,
-) {
-  await _expect(
-    201,
-    h.call("POST", "/api/charms", { space, recipe: "counter", charmId }),
-  );
-}
-
-function _charmPath(
-  charmId: string,
-  suffix = "",
-  space: string = SPACE,
-): string {
-  return `/api/charms/${space}/${charmId}${suffix}`;
-}
+  ADMIN_TOKEN as TOKEN,
+  charmPath as _charmPath,
+  createCounter as _createCounter,
+  expectStatus as _expect,
+  harness as _harness,
+  json as _json,
+  MAX_TICK_AGE_MS,
+  T0,
+} from "./test_harness.ts";
 
 Deno.test("GET /health is 200 right after start, before any tick", async () => {
   await using h = await _harness();
@@ -125,6 +29,7 @@ Deno.test("GET /health is 200 right after start, before any tick", async () => {
     kv: "ok",
     lastTickAt: null,
     version: "1.2.3-test",
+    did: h.serviceDid,
   });
 });
 
@@ -638,13 +543,16 @@ Deno.test("GET /api/dead-letters lists dead letters, newest first", async () => 
   await _expect(400, h.call("GET", "/api/dead-letters?limit=0"));
 });
 
-Deno.test("with an admin token, writes need the bearer token and reads stay open", async () => {
+Deno.test("with an admin token, the API needs a bearer token; /health and /api/status stay public", async () => {
   await using h = await _harness({ adminToken: TOKEN });
   const create = { space: SPACE, recipe: "counter", charmId: "c1" };
 
   const missing = await h.call("POST", "/api/charms", create);
   assert.equal(missing.status, 401);
-  assert.deepEqual(await _json(missing), { error: "missing bearer token" });
+  assert.deepEqual(await _json(missing), {
+    error: "missing bearer token: send Authorization: Bearer <token>",
+    reason: "missing_token",
+  });
   assert.match(missing.headers.get("www-authenticate") ?? "", /^Bearer/);
 
   const wrong = await _expect(
@@ -653,21 +561,30 @@ Deno.test("with an admin token, writes need the bearer token and reads stay open
       authorization: `Bearer ${TOKEN}x`,
     }),
   );
-  assert.deepEqual(wrong, { error: "invalid bearer token" });
-  await _expect(
+  assert.equal(wrong.reason, "invalid_token");
+  const malformed = await _expect(
     401,
     h.call("POST", "/api/charms", create, { authorization: TOKEN }),
   );
+  assert.equal(malformed.reason, "malformed_header");
   await _expect(
     401,
     h.call("DELETE", `/api/integrations/manual/charms/${SPACE}/c1`),
   );
+  // Reads of charms need the token too now.
+  await _expect(401, h.call("GET", _charmPath("c1")));
+  await _expect(401, h.call("GET", "/api/charms"));
 
   await _expect(
     201,
     h.call("POST", "/api/charms", create, { authorization: `Bearer ${TOKEN}` }),
   );
-  await _expect(200, h.call("GET", _charmPath("c1")));
+  await _expect(
+    200,
+    h.call("GET", _charmPath("c1"), undefined, {
+      authorization: `Bearer ${TOKEN}`,
+    }),
+  );
   await _expect(200, h.call("GET", "/api/status"));
   await _expect(200, h.call("GET", "/health"));
 });
@@ -688,7 +605,7 @@ Deno.test("an unknown route is a JSON 404", async () => {
   await using h = await _harness();
   const body = await _expect(404, h.call("GET", "/api/nope"));
   assert.equal(body.error, "No route for GET /api/nope");
-  await _expect(404, h.call("GET", "/"));
+  await _expect(404, h.call("GET", "/nope"));
 });
 
 Deno.test("an unexpected error is a 500 without details", async () => {
@@ -735,4 +652,194 @@ Deno.test("an unexpected error is a 500 without details", async () => {
     { ...access?.properties, ms: 0 },
     { method: "POST", path: `/api/charms/${SPACE}/c1/run`, status: 500, ms: 0 },
   );
+});
+
+Deno.test("POST /api/dead-letters/:id/replay re-enqueues the message and deletes the letter", async () => {
+  await using h = await _harness();
+  await _createCounter(h, "c1");
+  const message = {
+    type: "run",
+    v: 1,
+    space: SPACE,
+    charmId: "c1",
+    integration: "manual",
+    kind: "scheduled",
+    slot: T0 - 60_000,
+    attempt: 2,
+    enqueuedAt: T0 - 60_000,
+  };
+  const letter = await writeDeadLetter(
+    h.deps.kv,
+    message,
+    "undelivered: the queue gave up",
+    T0,
+  );
+  const other = await writeDeadLetter(h.deps.kv, { x: 1 }, "junk", T0 + 1);
+  const body = await _expect(
+    202,
+    h.call("POST", `/api/dead-letters/${letter.id}/replay`),
+  );
+  assert.deepEqual(body, { replayed: true, message });
+  assert.deepEqual(h.sent, [{ message, delayMs: 0 }]);
+  const left = await _expect(200, h.call("GET", "/api/dead-letters"));
+  assert.deepEqual(
+    (left.deadLetters as { id: string }[]).map((l) => l.id),
+    [other.id],
+  );
+  // Replaying it again: it is gone.
+  await _expect(404, h.call("POST", `/api/dead-letters/${letter.id}/replay`));
+  assert.equal(h.sent.length, 1);
+});
+
+Deno.test("POST /api/dead-letters/:id/replay is 404 for an unknown id and 400 naming why a message is malformed", async () => {
+  await using h = await _harness();
+  const unknown = await _expect(
+    404,
+    h.call("POST", "/api/dead-letters/nope/replay"),
+  );
+  assert.match(String(unknown.error), /^Dead letter "nope" does not exist/);
+  const letter = await writeDeadLetter(
+    h.deps.kv,
+    { type: "run", v: 1, space: "did:key:bogus" },
+    "space: must be an Ed25519 did:key",
+    T0,
+  );
+  const bad = await _expect(
+    400,
+    h.call("POST", `/api/dead-letters/${letter.id}/replay`),
+  );
+  assert.match(
+    String(bad.error),
+    /^Cannot replay dead letter ".*": its message is malformed \(space: must be an Ed25519 did:key\)$/,
+  );
+  assert.equal(h.sent.length, 0);
+  // The malformed letter stays for the operator to look at.
+  const left = await _expect(200, h.call("GET", "/api/dead-letters"));
+  assert.equal((left.deadLetters as unknown[]).length, 1);
+});
+
+Deno.test("GET /api/charms?space= lists one space, with status, integration and cursors", async () => {
+  await using h = await _harness();
+  for (const id of ["a1", "a2", "a3"]) await _createCounter(h, id);
+  await _createCounter(h, "b1", OTHER_SPACE);
+  await _expect(200, h.call("POST", _charmPath("a2", "/disable")));
+  await _expect(
+    200,
+    h.call("POST", "/api/integrations/manual/charms", {
+      space: OTHER_SPACE,
+      charmId: "b1",
+    }),
+  );
+  const ids = (body: Record<string, unknown>) =>
+    (body.charms as { charmId: string }[]).map((c) => c.charmId);
+  const q = (query: string) =>
+    _expect(200, h.call("GET", `/api/charms?${query}`));
+  assert.deepEqual(ids(await q(`space=${SPACE}`)), ["a1", "a2", "a3"]);
+  assert.deepEqual(ids(await q(`space=${OTHER_SPACE}`)), ["b1"]);
+  assert.deepEqual(ids(await q(`space=${SPACE}&status=ok`)), ["a1", "a3"]);
+  assert.deepEqual(ids(await q(`space=${SPACE}&integration=manual`)), []);
+  assert.deepEqual(
+    ids(await q(`space=${OTHER_SPACE}&integration=manual&status=ok`)),
+    ["b1"],
+  );
+  const first = await q(`space=${SPACE}&limit=2`);
+  assert.deepEqual(ids(first), ["a1", "a2"]);
+  const cursor = encodeURIComponent(String(first.cursor));
+  const second = await q(`space=${SPACE}&limit=2&cursor=${cursor}`);
+  assert.deepEqual(ids(second), ["a3"]);
+  assert.equal(second.cursor, null);
+  // A cursor from one space's listing is refused in another's.
+  const wrong = await _expect(
+    400,
+    h.call("GET", `/api/charms?space=${OTHER_SPACE}&cursor=${cursor}`),
+  );
+  assert.match(String(wrong.error), /^cursor: /);
+});
+
+Deno.test("PUT /api/charms/:space/:charmId/argument replaces the argument, checked against the recipe", async () => {
+  await using h = await _harness();
+  await _createCounter(h, "c1");
+  const path = _charmPath("c1", "/argument");
+  const put = await _expect(200, h.call("PUT", path, { step: 3 }));
+  assert.equal(put.status, "ok");
+  const detail = await _expect(200, h.call("GET", _charmPath("c1")));
+  assert.deepEqual((detail.cells as Record<string, unknown>).argument, {
+    step: 3,
+  });
+
+  const bad = await _expect(400, h.call("PUT", path, { step: "three" }));
+  assert.match(String(bad.error), /^argument\.step: /);
+  const unknown = await _expect(400, h.call("PUT", path, { stride: 2 }));
+  assert.match(String(unknown.error), /^argument: .*stride/);
+  await _expect(400, h.call("PUT", path, "[1]"));
+  await _expect(404, h.call("PUT", _charmPath("nope", "/argument"), {}));
+  const after = await _expect(200, h.call("GET", _charmPath("c1")));
+  assert.deepEqual((after.cells as Record<string, unknown>).argument, {
+    step: 3,
+  });
+});
+
+Deno.test("PUT .../argument un-parks a charm that needs re-authentication; GET redacts its tokens", async () => {
+  await using h = await _harness();
+  const auth = {
+    token: "ya29.secret-access",
+    refreshToken: "1//secret-refresh",
+    expiresAt: T0 + 3600_000,
+  };
+  await _expect(
+    201,
+    h.call("POST", "/api/charms", {
+      space: SPACE,
+      recipe: "gmail-importer",
+      charmId: "mail",
+      argument: { auth },
+    }),
+  );
+  // Park it as the run handler does after `invalid_grant`.
+  const ref = { space: SPACE, charmId: "mail" };
+  const before = (await h.deps.kv.get<CharmState>(charmStateKey(ref))).value!;
+  const parked = {
+    ...before,
+    needsReauth: true,
+    needsReauthReason: "invalid_grant",
+  };
+  assert.ok(
+    (await writeCharmState(h.deps.kv.atomic(), ref, before, parked).commit())
+      .ok,
+  );
+  const listed = await _expect(
+    200,
+    h.call("GET", "/api/charms?status=needs-reauth"),
+  );
+  assert.deepEqual(
+    (listed.charms as { charmId: string }[]).map((c) => c.charmId),
+    ["mail"],
+  );
+
+  const detail = await _expect(200, h.call("GET", _charmPath("mail")));
+  assert.equal(detail.status, "needs-reauth");
+  const shown = JSON.stringify(detail);
+  assert.ok(!shown.includes("secret"), shown);
+  assert.match(shown, /"token":"\[redacted\]"/);
+
+  const put = await _expect(
+    200,
+    h.call("PUT", _charmPath("mail", "/argument"), {
+      auth: { ...auth, refreshToken: "1//new-refresh" },
+    }),
+  );
+  assert.equal(put.status, "ok");
+  assert.equal((put.state as Record<string, unknown>).needsReauth, false);
+  const none = await _expect(
+    200,
+    h.call("GET", "/api/charms?status=needs-reauth"),
+  );
+  assert.deepEqual(none.charms, []);
+  const bad = await _expect(
+    400,
+    h.call("PUT", _charmPath("mail", "/argument"), {
+      auth: { expiresAt: "soon" },
+    }),
+  );
+  assert.match(String(bad.error), /^argument\.auth\.expiresAt: /);
 });

@@ -1,19 +1,18 @@
 /**
- * `gcal`: runs registered charms' `calendarUpdater` stream.
+ * `gcal`: runs the `calendarUpdater` stream of registered charms (the
+ * `gcal-importer` recipe), refreshing each charm's Google token first.
  *
- * The Calendar sync itself is its own piece of work; here the integration
- * lists and validates its registered charms.
+ * A charm is valid when its recipe has a `calendarUpdater` stream and keeps
+ * Google tokens in `argument.auth`. See docs/google.md.
  *
  * @module
  */
-import { defineRegistryIntegration } from "./integration.ts";
-import { checkGoogleConfig } from "./_google_config.ts";
+import { defineGoogleIntegration } from "./_google_integration.ts";
 
-export default defineRegistryIntegration({
+export default defineGoogleIntegration({
   id: "gcal",
   name: "Google Calendar",
   description: "Run calendarUpdater on charms registered for Calendar import",
   updater: "calendarUpdater",
   cellCauseName: "gcal-charms",
-  checkConfig: (env) => checkGoogleConfig("gcal", env),
 });

@@ -1,19 +1,18 @@
 /**
- * `gmail`: runs registered charms' `googleUpdater` stream.
+ * `gmail`: runs the `googleUpdater` stream of registered charms (the
+ * `gmail-importer` recipe), refreshing each charm's Google token first.
  *
- * The Gmail sync itself (token refresh, incremental import) is its own piece
- * of work; here the integration lists and validates its registered charms.
+ * A charm is valid when its recipe has a `googleUpdater` stream and keeps
+ * Google tokens in `argument.auth`. See docs/google.md.
  *
  * @module
  */
-import { defineRegistryIntegration } from "./integration.ts";
-import { checkGoogleConfig } from "./_google_config.ts";
+import { defineGoogleIntegration } from "./_google_integration.ts";
 
-export default defineRegistryIntegration({
+export default defineGoogleIntegration({
   id: "gmail",
   name: "Gmail",
   description: "Run googleUpdater on charms registered for Gmail import",
   updater: "googleUpdater",
   cellCauseName: "gmail-charms",
-  checkConfig: (env) => checkGoogleConfig("gmail", env),
 });

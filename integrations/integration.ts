@@ -50,6 +50,14 @@ export interface IntegrationDeps {
   now(): number;
 }
 
+/** What `prepare` gets: the integration's deps and the run's fetch and signal. */
+export interface PrepareDeps extends IntegrationDeps {
+  /** The service's `fetch` (injected). */
+  fetch: typeof fetch;
+  /** The run's signal: aborted at the run's timeout or at shutdown. */
+  signal: AbortSignal;
+}
+
 /** An integration. */
 export interface Integration {
   id: string;
@@ -64,8 +72,12 @@ export interface Integration {
   /** Creates the registry idempotently; returns lines saying what it did. */
   initialize(deps: IntegrationDeps): Promise<string[]>;
   getIntegrationConfig(): IntegrationConfig;
-  /** Runs before each run of a charm (token refresh, say); may throw. */
-  prepare?(deps: IntegrationDeps, charm: Charm): Promise<void>;
+  /**
+   * Runs before each run of a charm, inside the run's timeout (a token
+   * refresh, say); a throw fails the attempt. What it returns reaches the
+   * stream handler as `ctx.prepared` (an authorized API session, say).
+   */
+  prepare?(deps: PrepareDeps, charm: Charm): Promise<unknown>;
 }
 
 /** The stream an integration's run calls for a recipe, or `null` if none. */

@@ -13,6 +13,16 @@ export class NonRetriableError extends Error {
   override name = "NonRetriableError";
 }
 
+/**
+ * The user must authorize again (a revoked or expired grant, say): the run
+ * fails at once, without retries, and the charm is parked as needing
+ * re-authentication, not counted toward being disabled, until its auth
+ * changes.
+ */
+export class NeedsReauthError extends NonRetriableError {
+  override name = "NeedsReauthError";
+}
+
 /** A retriable failure whose source said when to try again. */
 export class RetryAfterError extends Error {
   override name = "RetryAfterError";

@@ -8,6 +8,8 @@
  */
 import type { AnyRecipe } from "../charm/recipe.ts";
 import { counterRecipe } from "./counter.ts";
+import { gcalImporterRecipe } from "./gcal_importer.ts";
+import { gmailImporterRecipe } from "./gmail_importer.ts";
 import { webhookRecipe } from "./webhook.ts";
 
 /** All recipes, keyed by name. */
@@ -15,5 +17,7 @@ export const RECIPES: ReadonlyMap<string, AnyRecipe> = new Map<
   string,
   AnyRecipe
 >(
-  [counterRecipe, webhookRecipe].map((recipe) => [recipe.name, recipe]),
+  [counterRecipe, webhookRecipe, gmailImporterRecipe, gcalImporterRecipe].map((
+    recipe,
+  ) => [recipe.name, recipe]),
 );

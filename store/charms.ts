@@ -179,6 +179,8 @@ export async function getCharmDetail(
 
 /** Options for {@linkcode listCharms}. */
 export interface ListCharmsOptions {
+  /** Only charms of this space. */
+  space?: string;
   integration?: string;
   status?: CharmStatus;
   cursor?: string;
@@ -192,8 +194,8 @@ export interface CharmPage {
 }
 
 /**
- * Lists charms a page at a time, optionally filtered by integration and
- * status. With both filters the integration registry is scanned and filtered,
+ * Lists charms a page at a time, optionally filtered by space, integration
+ * and status. With both filters the integration registry is scanned and filtered,
  * at most `limit * 10` entries per page, so a page may hold fewer than
  * `limit` charms and still have a cursor.
  *
@@ -209,17 +211,25 @@ export async function listCharms(
 ): Promise<CharmPage> {
   const filterBoth = options.integration !== undefined &&
     options.status !== undefined;
-  const prefix = options.integration !== undefined
+  const base = options.integration !== undefined
     ? integrationCharmsPrefix(options.integration)
     : options.status !== undefined
     ? charmsByStatusPrefix(options.status)
     : charmsPrefix();
+  // Every listing's keys end in `space, charmId`: a space narrows the prefix.
+  const prefix = options.space === undefined ? base : [...base, options.space];
   const after = options.cursor ? decodeCursor(options.cursor) : null;
+  if (
+    after !== null && options.space !== undefined &&
+    after.space !== options.space
+  ) {
+    throw new TypeError("cursor: not a cursor of this space's listing");
+  }
   const scanLimit = filterBoth ? options.limit * 10 : options.limit;
   const refs: CharmRef[] = [];
   const selector = after === null
     ? { prefix }
-    : { prefix, start: [...prefix, after.space, after.charmId] };
+    : { prefix, start: [...base, after.space, after.charmId] };
   // One extra: `start` is inclusive, and one more tells whether more remain.
   for await (
     const entry of kv.list(selector, { limit: scanLimit + 2 })

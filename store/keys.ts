@@ -88,6 +88,29 @@ export function charmLeaseKey(ref: CharmRef): Deno.KvKey {
   return ["charm_leases", ref.space, ref.charmId];
 }
 
+/** A space's grant of access to another identity: `Delegate`. */
+export function spaceDelegateKey(space: string, did: string): Deno.KvKey {
+  return ["space_delegates", space, did];
+}
+
+/** Prefix of one space's delegates. */
+export function spaceDelegatesPrefix(space: string): Deno.KvKey {
+  return ["space_delegates", space];
+}
+
+/** Prefix of all run records (`runKey`), for the dashboard's last-hour count. */
+export function runsPrefix(): Deno.KvKey {
+  return ["runs"];
+}
+
+/**
+ * The lease held while one process refreshes a charm's OAuth token:
+ * `AuthRefreshLease`, written with `expireIn`.
+ */
+export function authRefreshLeaseKey(ref: CharmRef): Deno.KvKey {
+  return ["auth_refresh_leases", ref.space, ref.charmId];
+}
+
 /** A dead letter: `DeadLetter`. */
 export function deadLetterKey(atMs: number, id: string): Deno.KvKey {
   return ["dead_letters", atMs, id];
@@ -131,3 +154,26 @@ export type ServiceCounter =
   | "charms"
   | "charmsDisabled"
   | "deadLetters";
+
+/**
+ * A job of the `kv` queue driver: `Job`. Ordered by due time within a shard;
+ * a leased job is re-keyed to its lease expiry, so a crashed worker's job
+ * comes due again by itself.
+ */
+export function queueJobKey(
+  shard: number,
+  dueAtMs: number,
+  id: string,
+): Deno.KvKey {
+  return ["queue_jobs", shard, dueAtMs, id];
+}
+
+/** Prefix of one shard of the `kv` queue. */
+export function queueShardPrefix(shard: number): Deno.KvKey {
+  return ["queue_jobs", shard];
+}
+
+/** Bumped (with `sum`) on every `kv` enqueue, so idle workers can watch it. */
+export function queueWakeKey(): Deno.KvKey {
+  return ["queue_wake"];
+}

@@ -1,0 +1,202 @@
+/**
+ * Charm runs per second, end to end: N no-op charms created and registered
+ * with the `manual` integration, one fan-out, and queue listeners running
+ * every message through `dispatch()` as `service/service.ts` does, timed
+ * until the service counters show every run recorded.
+ *
+ * @module
+ */
+import { dispatch } from "../handlers/dispatch.ts";
+import { tickOf } from "../handlers/fanout.ts";
+import { tick } from "../handlers/tick.ts";
+import { readServiceState } from "../store/service_state.ts";
+import { benchDeps, ShiftedClock } from "./bench_deps.ts";
+import { type KvKind, openBenchKv } from "./bench_kv.ts";
+import {
+  countingKv,
+  type KvOpCounts,
+  totalOps,
+  zeroCounts,
+} from "./counting_kv.ts";
+import type { DriverFactory } from "./drivers.ts";
+import { benchRecipes, noopRecipe } from "./recipes.ts";
+import { seedCharms } from "./seed.ts";
+
+/** Options for one end-to-end repetition. */
+export interface EndToEndOptions {
+  kind: KvKind;
+  driver: DriverFactory;
+  charms: number;
+  /** `--max-concurrent` of each process. */
+  maxConcurrent: number;
+  /**
+   * Service processes listening: 1 is this process; 2 adds a worker
+   * subprocess on the same KV file (`bench/e2e_worker.ts`).
+   */
+  processes: 1 | 2;
+  /** Longest wait for the runs, ms. */
+  timeoutMs: number;
+}
+
+/** One end-to-end repetition's result. */
+export interface EndToEndResult {
+  runsPerSecond: number;
+  elapsedMs: number;
+  /** Time to the end of the fan-out (every run enqueued), ms. */
+  fanoutMs: number;
+  /**
+   * KV operations per run in this process (fan-out, driver and handlers;
+   * the counter polling is not counted). With a worker subprocess, its own
+   * operations are not seen, so this is `null`.
+   */
+  kvOpsPerRun: { reads: number; writes: number; total: number } | null;
+  counts: KvOpCounts | null;
+  succeeded: number;
+  failed: number;
+}
+
+/**
+ * Runs one repetition on a fresh KV.
+ *
+ * Every run is due at once: the fan-out runs with its clock held at the last
+ * millisecond of a minute, so with the default 60 s interval it covers
+ * exactly one slot, the one in progress, and every charm's offset in that
+ * slot has passed (delay 0). Held, not moving: a clock that ticked into the
+ * next minute mid-call would schedule the next slot instead, spread over a
+ * minute. The runs see the real clock, shifted to start there.
+ */
+export async function endToEnd(
+  options: EndToEndOptions,
+): Promise<EndToEndResult> {
+  if (options.processes === 2 && options.kind !== "file") {
+    throw new RangeError("Two processes need a file-backed KV");
+  }
+  await using store = await openBenchKv(options.kind);
+  const recipes = benchRecipes(noopRecipe);
+  await seedCharms(store.kv, { recipe: noopRecipe, count: options.charms });
+
+  const { kv, counts } = countingKv(store.kv);
+  const clock = new ShiftedClock();
+  const owner = `bench-main-${crypto.randomUUID()}`;
+  const { queue, stop } = options.driver.create(
+    kv,
+    options.maxConcurrent,
+    owner,
+  );
+  const deps = benchDeps({
+    kv,
+    queue,
+    recipes,
+    maxConcurrent: options.maxConcurrent,
+    now: clock.now,
+  });
+  const fanoutAt = tickOf(clock.now()) + 60_000 + 59_999;
+  clock.set(fanoutAt);
+  const worker = options.processes === 2
+    ? await _startWorker(store.path, options, fanoutAt)
+    : null;
+  const listening = queue.listen((raw, delivery) =>
+    dispatch(deps, raw, delivery).then(() => {})
+  );
+
+  try {
+    Object.assign(counts, zeroCounts());
+    const started = performance.now();
+    const [result] = await tick({ ...deps, now: () => fanoutAt }, {
+      mode: "now",
+    });
+    const fanoutMs = performance.now() - started;
+    if (result?.enqueued !== options.charms) {
+      throw new Error(
+        `Fan-out enqueued ${result?.enqueued} runs, expected ${options.charms}`,
+      );
+    }
+    const state = await waitForRuns(
+      store.kv,
+      options.charms,
+      options.timeoutMs,
+    );
+    const elapsedMs = performance.now() - started;
+    const ops = totalOps(counts);
+    const single = options.processes === 1;
+    return {
+      runsPerSecond: options.charms / (elapsedMs / 1000),
+      elapsedMs,
+      fanoutMs,
+      kvOpsPerRun: single
+        ? {
+          reads: ops.reads / options.charms,
+          writes: ops.writes / options.charms,
+          total: ops.total / options.charms,
+        }
+        : null,
+      counts: single ? { ...counts } : null,
+      succeeded: state.totalSuccesses,
+      failed: state.totalFailures,
+    };
+  } finally {
+    stop();
+    await worker?.stop();
+    store.kv.close();
+    await listening.catch(() => {});
+  }
+}
+
+/**
+ * Polls the service counters (on the uncounted KV) until `expected` runs
+ * are recorded, at most `timeoutMs`.
+ */
+export async function waitForRuns(
+  kv: Deno.Kv,
+  expected: number,
+  timeoutMs: number,
+): Promise<Awaited<ReturnType<typeof readServiceState>>> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const state = await readServiceState(kv);
+    if (state.totalCharmsProcessed >= expected) return state;
+    if (performance.now() > deadline) {
+      throw new Error(
+        `Timed out after ${timeoutMs} ms: ${state.totalCharmsProcessed} of ${expected} runs recorded`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+async function _startWorker(
+  path: string,
+  options: EndToEndOptions,
+  clockAt: number,
+): Promise<{ stop(): Promise<void> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      new URL("./e2e_worker.ts", import.meta.url).pathname,
+      path,
+      options.driver.name,
+      String(options.maxConcurrent),
+      String(clockAt),
+    ],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!seen.includes("ready")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("The e2e worker exited before it was ready");
+    seen += value;
+  }
+  return {
+    async stop() {
+      await child.stdin.close();
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      await child.status;
+      clearTimeout(timer);
+      reader.cancel().catch(() => {});
+    },
+  };
+}

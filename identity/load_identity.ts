@@ -1,0 +1,81 @@
+/**
+ * The service's operator identity, chosen once at startup from the
+ * environment: `IDENTITY` (a PKCS#8 PEM key file), else `OPERATOR_PASS` (a
+ * passphrase), else a development default that is refused on Deno Deploy.
+ *
+ * @module
+ */
+import { ConfigError, toError } from "../lib/errors.ts";
+import { Identity } from "./identity.ts";
+
+/**
+ * The passphrase of the development identity: the charm ecosystem's own
+ * local default, public knowledge, so never acceptable when deployed.
+ */
+export const DEVELOPMENT_PASSPHRASE = "implicit trust";
+
+/** Where the identity came from (safe to log: it names no key material). */
+export type IdentitySource = "IDENTITY" | "OPERATOR_PASS" | "development";
+
+/** The loaded identity and where it came from. */
+export interface LoadedIdentity {
+  identity: Identity;
+  source: IdentitySource;
+}
+
+/** `true` on Deno Deploy, which sets `DENO_DEPLOYMENT_ID`. */
+export function isDeployed(env: Record<string, string | undefined>): boolean {
+  return (env.DENO_DEPLOYMENT_ID ?? "") !== "";
+}
+
+/**
+ * Loads the operator identity from `env`.
+ *
+ * @param readTextFile reads the `IDENTITY` key file (injected for tests)
+ * @throws {ConfigError} with a one-line message naming the variable when the
+ *   key file cannot be read or parsed, or when no identity is configured on
+ *   Deno Deploy. Messages never quote key material.
+ */
+export async function loadIdentity(
+  env: Record<string, string | undefined>,
+  readTextFile: (path: string) => Promise<string> = Deno.readTextFile,
+): Promise<LoadedIdentity> {
+  const path = env.IDENTITY ?? "";
+  if (path !== "") {
+    let pem: string;
+    try {
+      pem = await readTextFile(path);
+    } catch (error) {
+      throw new ConfigError(
+        `IDENTITY: cannot read the key file "${path}": ${
+          toError(error).message.split("\n")[0]
+        }`,
+      );
+    }
+    try {
+      return { identity: await Identity.fromPkcs8Pem(pem), source: "IDENTITY" };
+    } catch (error) {
+      throw new ConfigError(
+        `IDENTITY: the key file "${path}" is ${
+          toError(error).message
+        }; create one with: openssl genpkey -algorithm ed25519 -out ${path}`,
+      );
+    }
+  }
+  const passphrase = env.OPERATOR_PASS ?? "";
+  if (passphrase !== "") {
+    return {
+      identity: await Identity.fromPassphrase(passphrase),
+      source: "OPERATOR_PASS",
+    };
+  }
+  if (isDeployed(env)) {
+    throw new ConfigError(
+      "IDENTITY: not set, nor OPERATOR_PASS; the development identity is refused on Deno Deploy (DENO_DEPLOYMENT_ID is set): set IDENTITY to a PKCS#8 Ed25519 key file or OPERATOR_PASS to a secret passphrase",
+    );
+  }
+  return {
+    identity: await Identity.fromPassphrase(DEVELOPMENT_PASSPHRASE),
+    source: "development",
+  };
+}

@@ -1,0 +1,84 @@
+/**
+ * Replacing a charm's argument cell from outside a run (the API's
+ * `PUT /api/charms/:space/:charmId/argument`): new settings, or new auth for
+ * a charm that needs re-authentication.
+ *
+ * The write is one atomic operation: the cell, and for a parked charm
+ * (`needsReauth`) the state un-parked with its status index moved, so the
+ * next fan-out runs it again.
+ *
+ * @module
+ */
+import {
+  type Charm,
+  type CharmRef,
+  type CharmState,
+  formatCharmRef,
+  initialCharmState,
+} from "../charm/charm.ts";
+import type { AnyRecipe } from "../charm/recipe.ts";
+import { NotFoundError } from "../lib/errors.ts";
+import { writeCharmState } from "./charms.ts";
+import { cellKey, charmKey, charmStateKey } from "./keys.ts";
+import { jsonSize, MAX_CELL_BYTES } from "./kv_util.ts";
+
+/**
+ * Validates `argument` against the charm's recipe and stores it; a charm that
+ * needed re-authentication no longer does.
+ *
+ * @returns the charm's state after the write.
+ * @throws {NotFoundError} when the charm does not exist.
+ * @throws {TypeError} naming the field when the argument does not match the
+ *   recipe's schema, or the cell would be too large.
+ */
+export async function replaceCharmArgument(
+  kv: Deno.Kv,
+  recipes: ReadonlyMap<string, AnyRecipe>,
+  ref: CharmRef,
+  argument: unknown,
+): Promise<CharmState> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const [charm, state] = await kv.getMany<[Charm, CharmState]>([
+      charmKey(ref),
+      charmStateKey(ref),
+    ]);
+    if (charm.value === null) {
+      throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
+    }
+    const recipe = recipes.get(charm.value.recipe);
+    if (recipe === undefined) {
+      throw new TypeError(
+        `argument: cannot be checked: recipe "${charm.value.recipe}" is not registered in this service`,
+      );
+    }
+    const parsed = recipe.argumentSchema.safeParse(argument);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new TypeError(
+        `argument${issue?.path.length ? `.${issue.path.join(".")}` : ""}: ${
+          issue?.message ?? "invalid"
+        }`,
+      );
+    }
+    const size = jsonSize(parsed.data);
+    if (size > MAX_CELL_BYTES) {
+      throw new TypeError(
+        `argument: ${size} bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,
+      );
+    }
+    const before = state.value ?? initialCharmState();
+    const op = kv.atomic().check(charm).check(state)
+      .set(cellKey(ref, "argument"), parsed.data);
+    let after = before;
+    if (before.needsReauth) {
+      after = { ...before, needsReauth: false, needsReauthReason: null };
+      writeCharmState(op, ref, state.value, after);
+    }
+    if ((await op.commit()).ok) return after;
+  }
+  throw new Error(
+    `Cannot replace the argument of charm ${
+      formatCharmRef(ref)
+    }: too much contention`,
+  );
+}

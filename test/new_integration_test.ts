@@ -1,0 +1,169 @@
+/**
+ * Follows the "Creating a New Integration" walkthrough in docs/google.md on a
+ * copy of the project: the new `integrations/probe.ts` (taken from the doc)
+ * makes the manifest check fail until `deno task manifest` runs, and then the
+ * service discovers it and runs a charm through it.
+ */
+import assert from "node:assert/strict";
+import { integrationFiles, renderManifest } from "../scripts/gen_manifest.ts";
+import { SPACE, waitFor } from "./test_deps.ts";
+
+const ROOT = new URL("../", import.meta.url);
+/** Not needed to run the service, or large. */
+const SKIP = new Set([".git", "data", "node_modules", "bench", "docs"]);
+
+Deno.test({
+  name:
+    "a new integration file from the walkthrough is discovered by the manifest and runs charms",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const doc = await Deno.readTextFile(new URL("docs/google.md", ROOT));
+    const block = /```ts\n(\/\/ integrations\/probe\.ts\n[\s\S]*?)```/.exec(
+      doc,
+    );
+    assert.ok(block, "docs/google.md has the integrations/probe.ts example");
+
+    const dir = await Deno.makeTempDir({ prefix: "bcs_new_integration_" });
+    try {
+      await _copyTree(ROOT, new URL(`file://${dir}/`));
+      const integrations = new URL(`file://${dir}/integrations/`);
+      await Deno.writeTextFile(new URL("probe.ts", integrations), block[1]!);
+
+      // The manifest test's check: stale until the task runs.
+      const manifest = new URL("manifest.ts", integrations);
+      const stale = await Deno.readTextFile(manifest);
+      const files = await integrationFiles(integrations);
+      assert.ok(files.includes("probe.ts"));
+      assert.notEqual(stale, renderManifest(files));
+
+      const task = await _deno(dir, [
+        "run",
+        "--allow-read",
+        "--allow-write",
+        "scripts/gen_manifest.ts",
+      ]);
+      assert.equal(task.code, 0, task.output);
+      const fresh = await Deno.readTextFile(manifest);
+      assert.equal(fresh, renderManifest(files));
+      assert.match(fresh, /import \$probe from "\.\/probe\.ts";/);
+
+      const init = await _deno(dir, [
+        "run",
+        "-A",
+        "main.ts",
+        "--initialize",
+        "--integration=probe",
+      ], { KV_PATH: `${dir}/init.sqlite3` });
+      assert.equal(init.code, 0, init.output);
+      assert.match(init.output, /^probe: created the charm registry$/m);
+      assert.match(init.output, /^probe: PROBE_TOKEN not set$/m);
+
+      await using service = await _serve(dir, [
+        "--integration=probe",
+        "--interval=1",
+        "--log-interval=3600",
+      ], { KV_PATH: `${dir}/kv.sqlite3` });
+      const post = (path: string, body: unknown) =>
+        fetch(`${service.url}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+        }).then(async (r) => ({ status: r.status, body: await r.json() }));
+      const created = await post("/api/charms", {
+        space: SPACE,
+        recipe: "counter",
+        charmId: "probed",
+      });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const registered = await post("/api/integrations/probe/charms", {
+        space: SPACE,
+        charmId: "probed",
+      });
+      assert.deepEqual(registered.body, { added: true, reenabled: false });
+      assert.equal((await post("/api/fanout", {})).status, 200);
+      await waitFor("a run of the probe charm", async () => {
+        const response = await fetch(
+          `${service.url}/api/charms/${SPACE}/probed`,
+        );
+        const body = await response.json();
+        return body.cells?.result?.count >= 1;
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+async function _copyTree(from: URL, to: URL): Promise<void> {
+  await Deno.mkdir(to, { recursive: true });
+  for await (const entry of Deno.readDir(from)) {
+    if (SKIP.has(entry.name)) continue;
+    if (entry.isDirectory) {
+      await _copyTree(
+        new URL(`${entry.name}/`, from),
+        new URL(`${entry.name}/`, to),
+      );
+    } else if (entry.isFile) {
+      await Deno.copyFile(new URL(entry.name, from), new URL(entry.name, to));
+    }
+  }
+}
+
+async function _deno(
+  cwd: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; output: string }> {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd,
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code,
+    output: decoder.decode(stdout) + decoder.decode(stderr),
+  };
+}
+
+/** Starts the copy's `main.ts`; dispose to stop it. */
+async function _serve(
+  cwd: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ url: string } & AsyncDisposable> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", ...args],
+    cwd,
+    env: { NO_COLOR: "1", HOST: "127.0.0.1", PORT: "0", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      text += chunk;
+    }
+  };
+  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  let exited = false;
+  const status = child.status.then(() => (exited = true));
+  const stop = async () => {
+    if (!exited) child.kill("SIGKILL");
+    await status;
+    await pumps;
+  };
+  try {
+    const url = await waitFor("the copied service to listen", () => {
+      if (exited) throw new Error(`the service exited:\n${text}`);
+      return /Listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(text)?.[1];
+    });
+    return { url, [Symbol.asyncDispose]: stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
