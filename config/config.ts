@@ -61,7 +61,7 @@ export interface Config {
   drainBudgetMs: number;
   /** `QUEUE_POLL_MS`: longest idle sleep of the `kv` driver's worker. */
   queuePollMs: number;
-  /** `ADMIN_TOKEN`: required bearer token for writes, when set. */
+  /** `ADMIN_TOKEN`: the operator's bearer token, when set. */
   adminToken: string | null;
   /** `--help`. */
   help: boolean;
@@ -124,7 +124,9 @@ export const ENV_VARS = [
   ["HOST", "HTTP listen address (default 127.0.0.1)"],
   ["KV_PATH", "Deno KV file, or :memory: (default ./data/bcs.sqlite3)"],
   ["LOG_LEVEL", "debug, info, warning or error (default info)"],
-  ["ADMIN_TOKEN", "bearer token required for API writes"],
+  ["ADMIN_TOKEN", "operator bearer token (see docs/auth.md)"],
+  ["IDENTITY", "operator identity: path to an Ed25519 PKCS#8 PEM key file"],
+  ["OPERATOR_PASS", "operator identity from a passphrase (if no IDENTITY)"],
   [
     "QUEUE_DRIVER",
     "native, kv or auto (default auto: kv on Deno Deploy and KV Connect)",

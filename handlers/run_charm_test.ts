@@ -456,3 +456,35 @@ Deno.test("retryDelayMs() backs off exponentially with jitter, capped", () => {
     42_000,
   );
 });
+
+Deno.test("runCharm() runs a retry racing the next slot once each, never overlapping", async () => {
+  await using receiver = startWebhookReceiver();
+  receiver.reply("/x", { status: 200, body: { result: "ok" }, delayMs: 20 });
+  const t = await setup();
+  await using _deps = t.deps;
+  const ref = await t.create("webhook", { url: `${receiver.url}/x` });
+  // Slot S failed once (its retry is attempt 2); slot S+1 comes due at once.
+  const retry = runMessage(ref, { slot: SLOT, attempt: 2 });
+  const next = runMessage(ref, { slot: SLOT + 60_000 });
+  const outcomes = await Promise.all([
+    runCharm(t.deps, retry),
+    runCharm(t.deps, next),
+  ]);
+  assert.ok(outcomes.includes("succeeded"), String(outcomes));
+  // Whichever lost the lease was deferred; deliver it now, as the queue would.
+  for (const { message } of t.queue.sent.splice(0)) {
+    t.advance(6_000);
+    assert.equal(await runCharm(t.deps, message), "succeeded");
+  }
+  const calls = receiver.callsTo("/x").map((c) =>
+    `${c.body.slot}#${c.body.attempt}`
+  ).sort();
+  assert.deepEqual(calls, [`${SLOT}#2`, `${SLOT + 60_000}#1`]);
+  const state = await t.state(ref);
+  assert.equal(state.totalSuccesses, 2);
+  assert.equal((await t.result(ref) as { calls: number }).calls, 2);
+  // Both deliveries again: duplicates, no new effect.
+  assert.equal(await runCharm(t.deps, retry), "duplicate");
+  assert.equal(await runCharm(t.deps, next), "duplicate");
+  assert.equal(receiver.callsTo("/x").length, 2);
+});

@@ -221,6 +221,8 @@ export function createApp(
         driver: deps.queue.name,
         runsInProcess: deps.semaphore.inUse,
         waiting: deps.semaphore.waiting,
+        // Only the kv driver can see its backlog; the native queue cannot.
+        depth: deps.queue.depth ? await deps.queue.depth() : null,
       },
       integrations: [...deps.integrations.keys()],
     });
