@@ -6,6 +6,7 @@
  * @module
  */
 import { logger } from "../lib/log.ts";
+import { runDuration, runsCounter, withSpan } from "../lib/telemetry.ts";
 import { type Delivery, NO_ACK } from "../queue/queue.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
@@ -48,5 +49,27 @@ export async function dispatch(
     return "dead-lettered";
   }
   const message = parsed.message;
-  return await HANDLERS[message.type](deps, message, delivery);
+  const started = performance.now();
+  return await withSpan("charm.run", {
+    "bcs.space": message.space,
+    "bcs.charm": message.charmId,
+    "bcs.integration": message.integration ?? "manual-run",
+    "bcs.attempt": message.attempt,
+    "bcs.slot": message.slot,
+  }, async (span) => {
+    let outcome = "error";
+    try {
+      const result = await HANDLERS[message.type](deps, message, delivery);
+      outcome = String(result);
+      return result;
+    } finally {
+      span.setAttribute("bcs.outcome", outcome);
+      const labels = {
+        outcome,
+        integration: message.integration ?? "manual-run",
+      };
+      runsCounter.add(1, labels);
+      runDuration.record(performance.now() - started, { outcome });
+    }
+  });
 }

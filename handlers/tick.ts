@@ -6,6 +6,7 @@
  * @module
  */
 import { logger } from "../lib/log.ts";
+import { fanoutEnqueued, withSpan } from "../lib/telemetry.ts";
 import { dispatch } from "./dispatch.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { serviceCounterKey } from "../store/keys.ts";
@@ -63,11 +64,24 @@ export async function tick(
   for (const id of ids) {
     try {
       results.push(
-        await fanout(deps, {
-          integration: id,
-          tickMs,
-          fromMs: options.mode === "cron" ? tickMs : startedAt,
-          id: options.mode === "cron" ? "cron" : crypto.randomUUID(),
+        await withSpan("fanout", {
+          "bcs.integration": id,
+          "bcs.tick": new Date(tickMs).toISOString(),
+          "bcs.mode": options.mode,
+        }, async (span) => {
+          const result = await fanout(deps, {
+            integration: id,
+            tickMs,
+            fromMs: options.mode === "cron" ? tickMs : startedAt,
+            id: options.mode === "cron" ? "cron" : crypto.randomUUID(),
+          });
+          span.setAttributes({
+            "bcs.enqueued": result.enqueued,
+            "bcs.skipped": result.skipped,
+            "bcs.claimed": result.claimed,
+          });
+          fanoutEnqueued.add(result.enqueued, { integration: id });
+          return result;
         }),
       );
     } catch (error) {

@@ -75,6 +75,7 @@ Deno.test("GET /api/status counts charms and shows the queue and integrations", 
   assert.deepEqual(body.queue, {
     driver: "native",
     runsInProcess: 0,
+    depth: null,
     waiting: 0,
   });
   assert.deepEqual(body.integrations, ["manual"]);

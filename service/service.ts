@@ -15,6 +15,7 @@ import { tick } from "../handlers/tick.ts";
 import type { Integration } from "../integrations/integration.ts";
 import { NotFoundError, toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
+import { observeDisabledCharms } from "../lib/telemetry.ts";
 import { Semaphore } from "../lib/semaphore.ts";
 import type { Delivery, QueueDriver } from "../queue/queue.ts";
 import { createCharm, listCharms, registerCharm } from "../store/charms.ts";
@@ -168,6 +169,9 @@ export function createService(
     },
     async start() {
       await updateServiceTimes(deps.kv, { startTime: deps.now() });
+      observeDisabledCharms(async () =>
+        (await readServiceState(deps.kv)).charms.disabled
+      );
       if (config.demo) await seedDemo(deps, log);
       for (const ref of config.charms) {
         try {
