@@ -12,11 +12,16 @@ import { isDeployed, loadIdentity } from "./identity/load_identity.ts";
 import { INTEGRATIONS } from "./integrations/manifest.ts";
 import { ConfigError } from "./lib/errors.ts";
 import { logger, setupLogging } from "./lib/log.ts";
+import { loadSecretKeys, type SecretKeys } from "./lib/secrets.ts";
 import { VERSION } from "./lib/version.ts";
 import { chooseQueue, createQueue } from "./queue/select_driver.ts";
-import { withBusyRetry } from "./store/busy_retry.ts";
+import { describeKvPath, openServiceKv } from "./store/open_kv.ts";
 import { RECIPES } from "./recipes/mod.ts";
 import { createService } from "./service/service.ts";
+import {
+  describeReencryptReport,
+  reencryptSecrets,
+} from "./store/cell_codec.ts";
 
 const env = Deno.env.toObject();
 let config: Config;
@@ -31,6 +36,54 @@ if (config.help) {
   console.log(usage(INTEGRATIONS));
   Deno.exit(0);
 }
+const deployed = isDeployed(env);
+// The keys sealing secret cell fields (OAuth tokens) in KV.
+let secrets: SecretKeys | null;
+try {
+  secrets = await loadSecretKeys(env);
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  console.error(`error: ${error.message}`);
+  Deno.exit(2);
+}
+
+await setupLogging(config.logLevel);
+const log = logger("main");
+const kv = await openServiceKv(config.kvPath);
+const ownerId = crypto.randomUUID();
+const queueChoice = chooseQueue(config, env);
+log.info("Queue driver: {driver} ({reason})", {
+  driver: queueChoice.driver,
+  reason: queueChoice.reason,
+});
+
+/** Re-seals secrets left in plaintext or under `SECRETS_KEY_PREVIOUS`. */
+async function reencrypt(keys: SecretKeys): Promise<string> {
+  const report = await reencryptSecrets(kv, RECIPES, keys, (ref, error) => {
+    logger("main", "secrets").error("{message}", {
+      charm: `${ref.space}/${ref.charmId}`,
+      message: error.message,
+    });
+  });
+  return describeReencryptReport(report, keys);
+}
+
+if (config.initialize) {
+  // Needs no identity: it creates registries and re-seals secrets only.
+  const setup = createService(config, {
+    kv,
+    queue: createQueue(kv, queueChoice, config, ownerId),
+    allIntegrations: INTEGRATIONS,
+    recipes: RECIPES,
+    env,
+    secrets,
+  });
+  for (const line of await setup.initialize()) console.log(line);
+  if (secrets !== null) console.log(await reencrypt(secrets));
+  kv.close();
+  Deno.exit(0);
+}
+
 // The operator identity: the service's DID, the audience of identity tokens.
 let identity: Awaited<ReturnType<typeof loadIdentity>>;
 try {
@@ -40,22 +93,6 @@ try {
   console.error(`error: ${error.message}`);
   Deno.exit(2);
 }
-const deployed = isDeployed(env);
-
-await setupLogging(config.logLevel);
-const log = logger("main");
-if (config.kvPath !== ":memory:") {
-  const dir = config.kvPath.replace(/[^/]*$/, "");
-  if (dir !== "") await Deno.mkdir(dir, { recursive: true });
-}
-// Several processes may share a local KV file: retry SQLite lock contention.
-const kv = withBusyRetry(await Deno.openKv(config.kvPath));
-const ownerId = crypto.randomUUID();
-const queueChoice = chooseQueue(config, env);
-log.info("Queue driver: {driver} ({reason})", {
-  driver: queueChoice.driver,
-  reason: queueChoice.reason,
-});
 const service = createService(config, {
   kv,
   queue: createQueue(kv, queueChoice, config, ownerId),
@@ -64,13 +101,9 @@ const service = createService(config, {
   allIntegrations: INTEGRATIONS,
   recipes: RECIPES,
   env,
+  secrets,
+  signer: identity.identity,
 });
-
-if (config.initialize) {
-  for (const line of await service.initialize()) console.log(line);
-  kv.close();
-  Deno.exit(0);
-}
 
 const cronAbort = new AbortController();
 registerCron(async () => {
@@ -88,6 +121,15 @@ log.info("Service identity {did} (from {source})", {
   did: identity.identity.did,
   source: identity.source,
 });
+if (secrets === null) {
+  log.warn(
+    "SECRETS_KEY is not set: OAuth tokens and other secret cell fields are stored in plaintext in KV (local development only; see docs/secrets.md)",
+  );
+} else {
+  log.info("Secret cell fields are encrypted with key {kid}", {
+    kid: secrets.current.kid,
+  });
+}
 if (config.adminToken === null && !deployed) {
   log.warn(
     "ADMIN_TOKEN is not set: the API is open to anyone who can reach port {port} (local development)",
@@ -96,6 +138,26 @@ if (config.adminToken === null && !deployed) {
     },
   );
 }
+// Signals are handled from here on, so a SIGTERM during startup is a
+// graceful stop too (it waits for startup to finish first).
+let server: Deno.HttpServer | null = null;
+let starting: Promise<void> = Promise.resolve();
+let stopping = false;
+async function stop(signal: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  log.info("Received {signal}: stopping", { signal });
+  cronAbort.abort();
+  await starting.catch(() => {});
+  await service.shutdown();
+  await server?.shutdown();
+  kv.close();
+  log.info("Stopped");
+  Deno.exit(0);
+}
+Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
+
 const startedAt = Date.now();
 const app = createApp(service.deps, {
   adminToken: config.adminToken,
@@ -105,7 +167,6 @@ const app = createApp(service.deps, {
   startedAt,
   healthMaxTickAgeMs: 2 * 60_000 + 30_000,
 });
-let server: Deno.HttpServer;
 try {
   server = Deno.serve({
     port: config.port,
@@ -116,7 +177,7 @@ try {
         {
           hostname,
           port,
-          kvPath: config.kvPath,
+          kvPath: describeKvPath(config.kvPath),
           integrations: config.integrations.join(", "),
         },
       );
@@ -130,19 +191,19 @@ try {
   kv.close();
   Deno.exit(1);
 }
-await service.start();
-
-let stopping = false;
-async function stop(signal: string): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  log.info("Received {signal}: stopping", { signal });
-  cronAbort.abort();
-  await service.shutdown();
-  await server.shutdown();
-  kv.close();
-  log.info("Stopped");
-  Deno.exit(0);
+starting = service.start();
+await starting;
+if (secrets?.previous) {
+  // A rotation is under way: re-seal everything under the new key in the
+  // background, so SECRETS_KEY_PREVIOUS can be dropped once this says done.
+  const keys = secrets;
+  log.info(
+    "SECRETS_KEY_PREVIOUS is set (key {previous}): re-encrypting secrets with key {current}",
+    { previous: keys.previous!.kid, current: keys.current.kid },
+  );
+  reencrypt(keys).then(
+    (line) => log.info("Rotation pass done: {line}", { line }),
+    (error) =>
+      log.error("Rotation pass failed: {error}", { error: String(error) }),
+  );
 }
-Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
-Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));

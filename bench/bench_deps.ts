@@ -1,17 +1,19 @@
 /**
- * Service dependencies for the benchmarks: the same `ServiceDeps` that
- * `service/service.ts` builds, over a KV and queue driver the benchmark picks,
- * with only the `manual` integration enabled and logging left unconfigured
- * (no sink, as in the tests).
+ * Service dependencies for the benchmarks: the `ServiceDeps` the tests build
+ * (`test/test_deps.ts`, kept in step with `service/deps.ts` by its owners),
+ * over the KV and queue driver the benchmark picks, with only the `manual`
+ * integration enabled, no cell sealing and no webhook signer (the bench
+ * recipes have neither), and logging left unconfigured (no sink).
  *
  * @module
  */
 import type { AnyRecipe } from "../charm/recipe.ts";
 import type { DidKey } from "../charm/did.ts";
-import { INTEGRATIONS } from "../integrations/manifest.ts";
 import { Semaphore } from "../lib/semaphore.ts";
 import type { QueueDriver } from "../queue/queue.ts";
 import type { RunPolicy, ServiceDeps } from "../service/deps.ts";
+import { withBusyRetry } from "../store/busy_retry.ts";
+import { makeTestDeps } from "../test/test_deps.ts";
 
 /** The space every bench charm lives in (a valid Ed25519 did:key). */
 export const BENCH_SPACE: DidKey =
@@ -27,6 +29,14 @@ export const BENCH_POLICY: RunPolicy = {
   retryMaxDelayMs: 60_000,
 };
 
+/**
+ * The KV as `main.ts` hands it to the service: wrapped to retry SQLite's
+ * "database is locked" (several processes on one file).
+ */
+export function serviceKv(kv: Deno.Kv): Deno.Kv {
+  return withBusyRetry(kv);
+}
+
 /** What {@linkcode benchDeps} needs. */
 export interface BenchDepsOptions {
   kv: Deno.Kv;
@@ -36,37 +46,25 @@ export interface BenchDepsOptions {
   maxConcurrent: number;
   now?: () => number;
   policy?: Partial<RunPolicy>;
-  signal?: AbortSignal;
 }
 
 /** Builds `ServiceDeps` with the `manual` integration enabled. */
-export function benchDeps(options: BenchDepsOptions): ServiceDeps {
-  const all = new Map(INTEGRATIONS.map((i) => [i.id, i]));
-  const manual = all.get("manual");
-  if (manual === undefined) {
-    throw new Error("Cannot build bench deps: no manual integration");
-  }
-  return {
+export async function benchDeps(
+  options: BenchDepsOptions,
+): Promise<ServiceDeps> {
+  return await makeTestDeps({
     kv: options.kv,
     queue: options.queue,
     policy: { ...BENCH_POLICY, ...options.policy },
-    integrations: new Map([["manual", manual]]),
-    allIntegrations: all,
+    integrationIds: ["manual"],
     recipes: options.recipes,
     semaphore: new Semaphore(options.maxConcurrent),
     ownerId: `bench-${crypto.randomUUID()}`,
     now: options.now ?? Date.now,
     random: Math.random,
-    fetch: globalThis.fetch,
-    timers: {
-      setTimeout: (fn, ms) => setTimeout(fn, ms),
-      clearTimeout: (id) => clearTimeout(id),
-    },
-    env: {},
-    shutdownSignal: options.signal ?? new AbortController().signal,
-    // A long-running process: the queue is drained by its listener.
-    drainBudgetMs: null,
-  };
+    secrets: null,
+    signer: null,
+  });
 }
 
 /**
@@ -85,7 +83,9 @@ export class ShiftedClock {
     const shift = targetMs - Date.now();
     if (shift < this.#shiftMs) {
       throw new RangeError(
-        `Cannot move the bench clock back to ${new Date(targetMs).toISOString()}`,
+        `Cannot move the bench clock back to ${
+          new Date(targetMs).toISOString()
+        }`,
       );
     }
     this.#shiftMs = shift;

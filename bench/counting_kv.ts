@@ -34,7 +34,15 @@ export function totalOps(counts: KvOpCounts): {
 
 /** A fresh zeroed count. */
 export function zeroCounts(): KvOpCounts {
-  return { get: 0, getMany: 0, list: 0, commit: 0, set: 0, delete: 0, enqueue: 0 };
+  return {
+    get: 0,
+    getMany: 0,
+    list: 0,
+    commit: 0,
+    set: 0,
+    delete: 0,
+    enqueue: 0,
+  };
 }
 
 const COUNTED = new Set<keyof KvOpCounts>([

@@ -9,7 +9,7 @@
  * @module
  */
 import { dispatch } from "../handlers/dispatch.ts";
-import { benchDeps, ShiftedClock } from "./bench_deps.ts";
+import { benchDeps, serviceKv, ShiftedClock } from "./bench_deps.ts";
 import { isDriver, loadKvDriver, loadNativeDriver } from "./drivers.ts";
 import { benchRecipes, noopRecipe } from "./recipes.ts";
 
@@ -24,7 +24,8 @@ if (import.meta.main) {
     ? await loadNativeDriver()
     : await loadKvDriver();
   if (!isDriver(factory)) throw new Error(factory.reason);
-  const kv = await Deno.openKv(path);
+  const raw = await Deno.openKv(path);
+  const kv = serviceKv(raw);
   const clock = new ShiftedClock();
   clock.set(Number(clockAtText));
   const maxConcurrent = Number(maxConcurrentText);
@@ -33,7 +34,7 @@ if (import.meta.main) {
     maxConcurrent,
     `bench-worker-${Deno.pid}`,
   );
-  const deps = benchDeps({
+  const deps = await benchDeps({
     kv,
     queue,
     recipes: benchRecipes(noopRecipe),
@@ -49,6 +50,6 @@ if (import.meta.main) {
     // Nothing is sent; this waits for end of input.
   }
   stop();
-  kv.close();
+  raw.close();
   await listening.catch(() => {});
 }

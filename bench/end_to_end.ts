@@ -6,11 +6,12 @@
  *
  * @module
  */
+import process from "node:process";
 import { dispatch } from "../handlers/dispatch.ts";
 import { tickOf } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
 import { readServiceState } from "../store/service_state.ts";
-import { benchDeps, ShiftedClock } from "./bench_deps.ts";
+import { benchDeps, serviceKv, ShiftedClock } from "./bench_deps.ts";
 import { type KvKind, openBenchKv } from "./bench_kv.ts";
 import {
   countingKv,
@@ -20,7 +21,7 @@ import {
 } from "./counting_kv.ts";
 import type { DriverFactory } from "./drivers.ts";
 import { benchRecipes, noopRecipe } from "./recipes.ts";
-import { seedCharms } from "./seed.ts";
+import { seedCharms, seedCharmsBatched } from "./seed.ts";
 
 /** Options for one end-to-end repetition. */
 export interface EndToEndOptions {
@@ -36,7 +37,22 @@ export interface EndToEndOptions {
   processes: 1 | 2;
   /** Longest wait for the runs, ms. */
   timeoutMs: number;
+  /**
+   * The listener's dispatcher (default `handlers/dispatch.ts` `dispatch`);
+   * a prototype can be measured in its place.
+   */
+  dispatch?: typeof dispatch;
+  /**
+   * How the charms are created: `store` (`createCharm` + `registerCharm`,
+   * about 1,000/s on a file) or `batched` (the same records, 100 per commit;
+   * see `bench/seed.ts`). Default: `store` up to
+   * {@linkcode STORE_SEEDING_MAX} charms.
+   */
+  seeding?: "store" | "batched";
 }
+
+/** Above this many charms, end-to-end runs seed in batches by default. */
+export const STORE_SEEDING_MAX = 5_000;
 
 /** One end-to-end repetition's result. */
 export interface EndToEndResult {
@@ -51,6 +67,11 @@ export interface EndToEndResult {
    */
   kvOpsPerRun: { reads: number; writes: number; total: number } | null;
   counts: KvOpCounts | null;
+  /**
+   * This process's CPU time (user + system, all threads) per run, ms; with
+   * a worker subprocess, its CPU is not included, so this is `null`.
+   */
+  cpuMsPerRun: number | null;
   succeeded: number;
   failed: number;
 }
@@ -73,9 +94,14 @@ export async function endToEnd(
   }
   await using store = await openBenchKv(options.kind);
   const recipes = benchRecipes(noopRecipe);
-  await seedCharms(store.kv, { recipe: noopRecipe, count: options.charms });
+  const seeding = options.seeding ??
+    (options.charms <= STORE_SEEDING_MAX ? "store" : "batched");
+  const seed = seeding === "store" ? seedCharms : seedCharmsBatched;
+  await seed(store.kv, { recipe: noopRecipe, count: options.charms });
 
-  const { kv, counts } = countingKv(store.kv);
+  // Counted inside the busy-retry wrapper, so a retried call counts again.
+  const { kv: counted, counts } = countingKv(store.kv);
+  const kv = serviceKv(counted);
   const clock = new ShiftedClock();
   const owner = `bench-main-${crypto.randomUUID()}`;
   const { queue, stop } = options.driver.create(
@@ -83,7 +109,7 @@ export async function endToEnd(
     options.maxConcurrent,
     owner,
   );
-  const deps = benchDeps({
+  const deps = await benchDeps({
     kv,
     queue,
     recipes,
@@ -95,13 +121,15 @@ export async function endToEnd(
   const worker = options.processes === 2
     ? await _startWorker(store.path, options, fanoutAt)
     : null;
+  const handle = options.dispatch ?? dispatch;
   const listening = queue.listen((raw, delivery) =>
-    dispatch(deps, raw, delivery).then(() => {})
+    handle(deps, raw, delivery).then(() => {})
   );
 
   try {
     Object.assign(counts, zeroCounts());
     const started = performance.now();
+    const cpu = process.cpuUsage();
     const [result] = await tick({ ...deps, now: () => fanoutAt }, {
       mode: "now",
     });
@@ -117,6 +145,7 @@ export async function endToEnd(
       options.timeoutMs,
     );
     const elapsedMs = performance.now() - started;
+    const { user, system } = process.cpuUsage(cpu);
     const ops = totalOps(counts);
     const single = options.processes === 1;
     return {
@@ -131,6 +160,7 @@ export async function endToEnd(
         }
         : null,
       counts: single ? { ...counts } : null,
+      cpuMsPerRun: single ? (user + system) / 1000 / options.charms : null,
       succeeded: state.totalSuccesses,
       failed: state.totalFailures,
     };

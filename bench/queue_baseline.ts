@@ -6,6 +6,7 @@
  *
  * @module
  */
+import process from "node:process";
 import { type KvKind, openBenchKv } from "./bench_kv.ts";
 
 /** Enqueues per atomic operation (the fan-out's page size). */
@@ -18,6 +19,11 @@ export interface BaselineResult {
   elapsedMs: number;
   /** Time to enqueue all N (the listener already draining), ms. */
   enqueueMs: number;
+  /**
+   * Process CPU time (user + system, every thread: JS and the KV's SQLite
+   * thread) per message, ms. Steadier than rates on a busy machine.
+   */
+  cpuMsPerMessage: number;
 }
 
 /**
@@ -44,6 +50,7 @@ export async function queueBaseline(
   });
 
   const started = performance.now();
+  const cpu = process.cpuUsage();
   for (let i = 0; i < messages; i += ENQUEUE_BATCH) {
     const op = kv.atomic();
     for (let j = i; j < Math.min(messages, i + ENQUEUE_BATCH); j++) {
@@ -53,7 +60,7 @@ export async function queueBaseline(
     if (!ok) throw new Error(`Cannot enqueue baseline batch at ${i}`);
   }
   const enqueueMs = performance.now() - started;
-  let timer: number | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() =>
       reject(
@@ -68,11 +75,13 @@ export async function queueBaseline(
     clearTimeout(timer);
   }
   const elapsedMs = performance.now() - started;
+  const { user, system } = process.cpuUsage(cpu);
   kv.close();
   await listening.catch(() => {});
   return {
     messagesPerSecond: messages / (elapsedMs / 1000),
     elapsedMs,
     enqueueMs,
+    cpuMsPerMessage: (user + system) / 1000 / messages,
   };
 }

@@ -75,7 +75,9 @@ export async function seedCharms(
   }
   await Promise.all(
     Array.from(
-      { length: Math.max(1, Math.min(options.concurrency ?? 64, options.count)) },
+      {
+        length: Math.max(1, Math.min(options.concurrency ?? 64, options.count)),
+      },
       worker,
     ),
   );

@@ -12,6 +12,8 @@
  */
 import type { Logger } from "@logtape/logtape";
 import type { z } from "zod";
+import type { EgressPolicy } from "../lib/net_guard.ts";
+import type { Signer } from "../lib/webhook_signature.ts";
 import type { DidKey } from "./did.ts";
 import type { UpdaterName } from "./updaters.ts";
 
@@ -48,6 +50,25 @@ export interface RunContext<A, R> {
    * authorized API session, say); `undefined` without one (a manual run).
    */
   prepared: unknown;
+  /**
+   * Which hosts outbound requests may reach: when deployed, not private,
+   * loopback or link-local ones (see `lib/net_guard.ts`).
+   */
+  egress: EgressPolicy;
+  /**
+   * The operator identity, to sign outbound requests with; `null` where the
+   * service runs without one (tests).
+   */
+  signer: Signer | null;
+}
+
+/** A JSON path into a cell: object keys from the top, `["auth", "token"]`. */
+export type SecretPath = readonly string[];
+
+/** What {@linkcode Recipe.checkArgument} gets. */
+export interface ArgumentCheckContext {
+  egress: EgressPolicy;
+  signal?: AbortSignal;
 }
 
 /** A stream handler. It settles to end the run; throwing fails it. */
@@ -65,6 +86,21 @@ export interface Recipe<A, R> {
   initialResult(argument: A): R;
   /** The updater streams this recipe implements. */
   handlers: Partial<Record<UpdaterName, StreamHandler<A, R>>>;
+  /**
+   * Fields of each cell that hold secrets (OAuth tokens): encrypted at rest
+   * with `SECRETS_KEY` and shown as `"[redacted]"` in API replies. Handlers
+   * see them in plaintext.
+   */
+  secretPaths?: {
+    argument?: readonly SecretPath[];
+    result?: readonly SecretPath[];
+  };
+  /**
+   * Checks of a new argument beyond its schema that need I/O (where a URL
+   * resolves, say), when a charm is created or its argument replaced. Throws
+   * a `TypeError` naming the field (`argument.url: ...`) to refuse it.
+   */
+  checkArgument?(argument: A, ctx: ArgumentCheckContext): Promise<void>;
 }
 
 /** A recipe of any cell types, as the registry holds them. */

@@ -425,9 +425,9 @@ async function _status(ctx: Context): Promise<void> {
     .then((r) => r.json()).catch(() => null);
   let charms: _CharmRow[] | null = null;
   if ("queue" in status) {
-    // The operator: failing and disabled first.
+    // The operator: the charms that need attention first.
     charms = [];
-    for (const s of ["failing", "disabled", "ok"]) {
+    for (const s of ["failing", "needs-reauth", "disabled", "ok"]) {
       const page = await client.request(
         "GET",
         `/api/charms?status=${s}&limit=50`,

@@ -7,6 +7,7 @@
 import { parseArgs } from "node:util";
 import { type CharmRef, parseCharmRef } from "../charm/charm.ts";
 import { ConfigError } from "../lib/errors.ts";
+import { parseHostList } from "../lib/net_guard.ts";
 
 /** Log levels accepted by `LOG_LEVEL`. */
 export const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
@@ -46,8 +47,11 @@ export interface Config {
   port: number;
   /** `HOST`. */
   host: string;
-  /** `KV_PATH`: a file path, or `:memory:`. */
-  kvPath: string;
+  /**
+   * `KV_PATH`: a file path, `:memory:`, or a KV Connect URL; `null` opens
+   * the default database (Deno Deploy's attached one).
+   */
+  kvPath: string | null;
   /** `LOG_LEVEL`. */
   logLevel: LogLevel;
   /** `QUEUE_DRIVER`: `native`, `kv`, or `auto` (detect the platform). */
@@ -63,6 +67,11 @@ export interface Config {
   queuePollMs: number;
   /** `ADMIN_TOKEN`: the operator's bearer token, when set. */
   adminToken: string | null;
+  /**
+   * `WEBHOOK_ALLOWED_HOSTS`: hosts webhooks may call when deployed even if
+   * they are, or resolve to, private addresses.
+   */
+  webhookAllowedHosts: string[];
   /** `--help`. */
   help: boolean;
 }
@@ -127,6 +136,18 @@ export const ENV_VARS = [
   ["ADMIN_TOKEN", "operator bearer token (see docs/auth.md)"],
   ["IDENTITY", "operator identity: path to an Ed25519 PKCS#8 PEM key file"],
   ["OPERATOR_PASS", "operator identity from a passphrase (if no IDENTITY)"],
+  [
+    "SECRETS_KEY",
+    "encrypts secret cell fields (OAuth tokens) at rest; required when deployed (see docs/secrets.md)",
+  ],
+  [
+    "SECRETS_KEY_PREVIOUS",
+    "the old SECRETS_KEY during a rotation: still read, never written",
+  ],
+  [
+    "WEBHOOK_ALLOWED_HOSTS",
+    "comma-separated hosts webhooks may call when deployed even if private (see docs/webhooks.md)",
+  ],
   [
     "QUEUE_DRIVER",
     "native, kv or auto (default auto: kv on Deno Deploy and KV Connect)",
@@ -217,7 +238,9 @@ export function loadConfig(
   }
 
   const host = envOnly("HOST")?.value ?? DEFAULTS.host;
-  const kvPath = envOnly("KV_PATH")?.value ?? DEFAULTS.kvPath;
+  // On Deno Deploy the attached database is opened with no path.
+  const kvPath = envOnly("KV_PATH")?.value ??
+    (env.DENO_DEPLOYMENT_ID ? null : DEFAULTS.kvPath);
   const retryBaseDelayMs = _intOr(
     envOnly("RETRY_BASE_DELAY_MS"),
     DEFAULTS.retryBaseDelayMs,
@@ -310,6 +333,7 @@ export function loadConfig(
     kvPath,
     logLevel,
     adminToken: envOnly("ADMIN_TOKEN")?.value ?? null,
+    webhookAllowedHosts: _hostList(envOnly("WEBHOOK_ALLOWED_HOSTS")),
     help: values.help === true,
   };
 }
@@ -492,4 +516,13 @@ function _oneOf<T extends string>(
     );
   }
   return value as T;
+}
+
+function _hostList(source: Source): string[] {
+  if (source === null) return [];
+  try {
+    return parseHostList(source.value);
+  } catch (error) {
+    throw new ConfigError(`${source.name}: ${(error as Error).message}`);
+  }
 }

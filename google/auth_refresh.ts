@@ -13,10 +13,16 @@
  * The write-back checks the argument's versionstamp, so an argument replaced
  * meanwhile (new auth through the API) wins over the refresh.
  *
+ * The argument cell is read and written through `store/cell_codec.ts`: the
+ * tokens are sealed in KV (the recipe's `secretPaths`), plaintext here.
+ *
  * @module
  */
 import { type CharmRef, formatCharmRef } from "../charm/charm.ts";
+import type { AnyRecipe } from "../charm/recipe.ts";
 import { NeedsReauthError, NonRetriableError } from "../lib/errors.ts";
+import type { SecretKeys } from "../lib/secrets.ts";
+import { decodeCell, encodeCell } from "../store/cell_codec.ts";
 import { authRefreshLeaseKey, cellKey } from "../store/keys.ts";
 import { type GoogleAuth, googleAuthSchema, tokenIsExpiring } from "./auth.ts";
 import type { GoogleConfig } from "./config.ts";
@@ -43,6 +49,10 @@ export interface FreshAuthDeps {
   /** The run's signal: bounds waiting for another refresher, and the fetch. */
   signal: AbortSignal;
   now(): number;
+  /** Keys sealing the argument's secret fields (`null`: plaintext). */
+  secrets: SecretKeys | null;
+  /** The charm's recipe: its `secretPaths` name the sealed fields. */
+  recipe: Pick<AnyRecipe, "secretPaths">;
 }
 
 /** Options for {@linkcode freshGoogleAuth}. */
@@ -75,9 +85,16 @@ export async function freshGoogleAuth(
   for (let round = 0; round < MAX_ROUNDS; round++) {
     deps.signal.throwIfAborted();
     const [argumentEntry, leaseEntry] = await kv.getMany<
-      [Record<string, unknown>, AuthRefreshLease]
+      [unknown, AuthRefreshLease]
     >([argumentKey, leaseKey]);
-    const auth = _authOf(argumentEntry.value, what);
+    const argument = await decodeCell(
+      deps.secrets,
+      deps.recipe,
+      ref,
+      "argument",
+      argumentEntry.value,
+    ) as Record<string, unknown> | null;
+    const auth = _authOf(argument, what);
     const now = deps.now();
     const refused = options.rejectedToken !== undefined &&
       auth.token === options.rejectedToken;
@@ -123,10 +140,17 @@ export async function freshGoogleAuth(
         what,
       );
       const next = _withRefreshed(auth, refreshed);
+      const stored = await encodeCell(
+        deps.secrets,
+        deps.recipe,
+        ref,
+        "argument",
+        { ...argument, auth: next },
+      );
       const commit = await kv.atomic()
         .check(argumentEntry)
         .check(ours)
-        .set(argumentKey, { ...argumentEntry.value, auth: next })
+        .set(argumentKey, stored)
         .delete(leaseKey)
         .commit();
       written = commit.ok;

@@ -43,6 +43,7 @@ import {
 import { logger } from "../lib/log.ts";
 import { type Delivery, NO_ACK } from "../queue/queue.ts";
 import type { ServiceDeps, TimerId } from "../service/deps.ts";
+import { decodeCell, encodeCell } from "../store/cell_codec.ts";
 import { writeCharmState } from "../store/charms.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import {
@@ -73,7 +74,10 @@ export type RunOutcome =
   | "skipped"
   /** The message cannot run (charm gone); it was dead-lettered. */
   | "dead-lettered"
-  /** The lease expired and another run took over; results were dropped. */
+  /**
+   * The lease expired and another delivery took over; results were dropped
+   * and the message was enqueued again, so the run is not lost.
+   */
   | "lease-lost"
   /**
    * The service shut down mid-run: nothing was recorded and the lease was
@@ -423,6 +427,8 @@ async function _execute(
         now: deps.now,
         fetch: deps.fetch,
         signal: controller.signal,
+        secrets: deps.secrets,
+        recipe,
       }, charm)
       : undefined;
     // A `prepare` that outlived the deadline must not start the handler.
@@ -433,7 +439,12 @@ async function _execute(
       cellKey(ref, "argument"),
       cellKey(ref, "result"),
     ]);
-    const argument = recipe.argumentSchema.safeParse(argumentEntry.value);
+    // Secret fields are sealed in KV; the handler sees them in plaintext.
+    const [storedArgument, storedResult] = await Promise.all([
+      decodeCell(deps.secrets, recipe, ref, "argument", argumentEntry.value),
+      decodeCell(deps.secrets, recipe, ref, "result", resultEntry.value),
+    ]);
+    const argument = recipe.argumentSchema.safeParse(storedArgument);
     if (!argument.success) {
       throw new NonRetriableError(
         `The argument cell no longer matches recipe "${recipe.name}"`,
@@ -442,7 +453,7 @@ async function _execute(
     controller.signal.throwIfAborted();
     const cells = _bufferedCells(
       argument.data,
-      resultEntry.value ?? recipe.initialResult(argument.data),
+      storedResult ?? recipe.initialResult(argument.data),
     );
     opened.cells = cells;
     const ctx: RunContext<unknown, unknown> = {
@@ -458,6 +469,8 @@ async function _execute(
       logger: logger("charm").with({ charm: formatCharmRef(ref) }),
       now: deps.now,
       prepared,
+      egress: deps.egress,
+      signer: deps.signer,
     };
     await handler(ctx);
     return {
@@ -560,6 +573,20 @@ async function _record(
       };
     }
   }
+  // What is stored: secret fields sealed (the checks above saw plaintext).
+  const storedCells: Record<string, unknown> = {};
+  if (execution.ok && recipe !== undefined) {
+    for (const [name, value] of Object.entries(execution.cells)) {
+      const cell = name as "argument" | "result";
+      storedCells[cell] = await encodeCell(
+        deps.secrets,
+        recipe,
+        ref,
+        cell,
+        value,
+      );
+    }
+  }
 
   for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
     const [leaseEntry, stateEntry] = await kv.getMany<[Lease, CharmState]>([
@@ -567,8 +594,17 @@ async function _record(
       charmStateKey(ref),
     ]);
     if (leaseEntry.versionstamp !== leaseVersionstamp) {
+      // The lease expired mid-run (a stalled process) and another delivery
+      // took it. If that was a redelivery of this run, it records the
+      // outcome; if it was a run of another slot, nobody would, and this
+      // run's record would stay `running` for good. Enqueue this attempt
+      // again: a copy of a run that finishes meanwhile is a duplicate.
+      await deps.queue.enqueue(kv.atomic(), message, {
+        delayMs: 0,
+        undeliveredKey: undeliveredKey(ref, run, message.attempt),
+      }).commit();
       log.warn(
-        "Dropped the outcome of {charm}: its lease expired and another run took it",
+        "Dropped the outcome of {charm}: its lease expired and another run took it; the run goes again",
         { charm: formatCharmRef(ref) },
       );
       return "lease-lost";
@@ -597,7 +633,7 @@ async function _record(
         totalExecutions: before.totalExecutions + 1,
         totalSuccesses: before.totalSuccesses + 1,
       };
-      for (const [name, value] of Object.entries(execution.cells)) {
+      for (const [name, value] of Object.entries(storedCells)) {
         op.set(cellKey(ref, name as "argument" | "result"), value);
       }
       op.set(runKey(ref, run), { ...base, state: "succeeded" }, ttl);

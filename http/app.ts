@@ -34,6 +34,7 @@ import {
   parseCharmId,
 } from "../charm/charm.ts";
 import { type DidKey, isDidKey, parseDidKey } from "../charm/did.ts";
+import type { AnyRecipe } from "../charm/recipe.ts";
 import { tick } from "../handlers/tick.ts";
 import { ConflictError, NotFoundError, toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
@@ -46,6 +47,7 @@ import {
   registerCharm,
   unregisterCharm,
 } from "../store/charms.ts";
+import { redactCell } from "../store/cell_codec.ts";
 import { replayDeadLetter } from "../store/dead_letter_replay.ts";
 import { listDeadLetters } from "../store/dead_letters.ts";
 import {
@@ -285,7 +287,15 @@ export function createApp(
       );
     }
     const ref: CharmRef = { space, charmId: body.charmId ?? newCharmId() };
-    await createCharm(kv, ref, recipe, body.argument, deps.now());
+    await _checkArgument(recipe, body.argument ?? {});
+    await createCharm(
+      kv,
+      ref,
+      recipe,
+      body.argument,
+      deps.now(),
+      deps.secrets,
+    );
     log.info("Created charm {charm} with recipe {recipe}", {
       charm: formatCharmRef(ref),
       recipe: recipe.name,
@@ -297,17 +307,31 @@ export function createApp(
     const ref = await _authorizedRef(c, "read charm");
     const detail = await getCharmDetail(kv, ref);
     if (detail === null) throw _charmNotFound(ref);
+    // The recipe's secret fields (sealed in KV) are never shown.
+    const recipe = deps.recipes.get(detail.recipe);
     return c.json({
       ...detail,
-      cells: _redactSecrets(detail.cells),
-      recipeDescription: deps.recipes.get(detail.recipe)?.description ?? null,
+      cells: {
+        argument: redactCell(recipe, "argument", detail.cells.argument),
+        result: redactCell(recipe, "result", detail.cells.result),
+      },
+      recipeDescription: recipe?.description ?? null,
     });
   });
 
   app.put("/api/charms/:space/:charmId/argument", async (c) => {
     const ref = await _authorizedRef(c, "replace the argument of charm");
     const body = await _jsonBody(c, false);
-    const state = await replaceCharmArgument(kv, deps.recipes, ref, body);
+    const summary = await getCharmSummary(kv, ref);
+    const recipe = summary && deps.recipes.get(summary.recipe);
+    if (recipe) await _checkArgument(recipe, body);
+    const state = await replaceCharmArgument(
+      kv,
+      deps.recipes,
+      ref,
+      body,
+      deps.secrets,
+    );
     // The argument may hold tokens: log that it changed, never its value.
     log.info("Replaced the argument of {charm}", {
       charm: formatCharmRef(ref),
@@ -509,6 +533,28 @@ export function createApp(
     return c.json({ error: "internal error" }, 500);
   });
 
+  /**
+   * Runs the recipe's own argument checks (a webhook URL's host, say) on an
+   * argument its schema accepts; one it refuses is left to the store, which
+   * names the field.
+   *
+   * @throws {TypeError} naming the field when the recipe refuses it.
+   */
+  async function _checkArgument(
+    recipe: AnyRecipe,
+    argument: unknown,
+  ): Promise<void> {
+    if (recipe.checkArgument === undefined) return;
+    const parsed = recipe.argumentSchema.safeParse(argument);
+    if (!parsed.success) return;
+    await recipe.checkArgument(parsed.data, {
+      egress: deps.egress,
+      // Not the request's signal: reading it switches Deno.serve to legacy
+      // abort behaviour. A DNS check gets ten seconds.
+      signal: AbortSignal.timeout(10_000),
+    });
+  }
+
   /** The charm named by the path, once the principal may act on its space. */
   async function _authorizedRef(c: Context<AppEnv>, action: string) {
     const ref = _refParams(c);
@@ -571,6 +617,16 @@ async function _jsonBody(
 ): Promise<Record<string, unknown>> {
   const text = await c.req.text();
   if (optional && text.trim() === "") return {};
+  // Only JSON, as JSON: a cross-site form can send text/plain or form data
+  // without a preflight, never application/json.
+  const type = c.req.header("content-type") ?? "";
+  if (!/^application\/(?:[\w.+-]+\+)?json\b/i.test(type.trim())) {
+    throw new HTTPException(415, {
+      message: `content-type: must be application/json, got "${
+        type.slice(0, 60) || "none"
+      }"`,
+    });
+  }
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -674,23 +730,6 @@ function _formatZodError(error: z.ZodError): string {
       `${issue.path.length ? issue.path.join(".") : "body"}: ${issue.message}`
     )
     .join("; ");
-}
-
-/** Names of cell fields that hold credentials; their values are not shown. */
-const SECRET_FIELDS = new Set(["token", "refreshToken", "accessToken"]);
-
-/** A copy of `value` with every non-empty secret field's string replaced. */
-function _redactSecrets<T>(value: T): T {
-  if (Array.isArray(value)) return value.map(_redactSecrets) as T;
-  if (value === null || typeof value !== "object") return value;
-  return Object.fromEntries(
-    Object.entries(value).map(([key, field]) => [
-      key,
-      SECRET_FIELDS.has(key) && typeof field === "string" && field !== ""
-        ? "[redacted]"
-        : _redactSecrets(field),
-    ]),
-  ) as T;
 }
 
 function _clip(value: string): string {

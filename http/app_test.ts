@@ -844,3 +844,18 @@ Deno.test("PUT .../argument un-parks a charm that needs re-authentication; GET r
   );
   assert.match(String(bad.error), /^argument\.auth\.expiresAt: /);
 });
+
+Deno.test("POST bodies must be application/json: a cross-site text/plain form gets 415", async () => {
+  await using h = await _harness();
+  const response = await h.app.request("/api/charms", {
+    method: "POST",
+    headers: { "content-type": "text/plain" },
+    body: JSON.stringify({ space: SPACE, recipe: "counter", charmId: "csrf" }),
+  });
+  assert.equal(response.status, 415);
+  assert.match(
+    (await response.json()).error,
+    /^content-type: must be application\/json/,
+  );
+  assert.equal((await h.call("GET", `/api/charms/${SPACE}/csrf`)).status, 404);
+});

@@ -16,7 +16,7 @@ import { runKeyOf, type RunMessage } from "../handlers/messages.ts";
 import { ConflictError, NotFoundError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import type { ServiceDeps } from "../service/deps.ts";
-import { getCharmSummary, setCharmDisabled } from "../store/charms.ts";
+import { getCharmDetail, setCharmDisabled } from "../store/charms.ts";
 import { undeliveredKey } from "../store/keys.ts";
 
 /**
@@ -30,7 +30,7 @@ export async function enqueueManualRun(
   deps: ServiceDeps,
   ref: CharmRef,
 ): Promise<{ runId: string }> {
-  const charm = await getCharmSummary(deps.kv, ref);
+  const charm = await getCharmDetail(deps.kv, ref);
   if (charm === null) {
     throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
   }
@@ -41,6 +41,22 @@ export async function enqueueManualRun(
       }: it is disabled; enable it first`,
     );
   }
+  if (charm.state.needsReauth) {
+    throw new ConflictError(
+      `Cannot run charm ${
+        formatCharmRef(ref)
+      }: it needs re-authentication; replace its argument (PUT …/argument) first`,
+    );
+  }
+  // Run it as the integration it is registered with would (its stream and
+  // its prepare hook: a Google charm needs its token refreshed), falling
+  // back to the first updater stream the recipe has.
+  const recipe = deps.recipes.get(charm.recipe);
+  const integration = recipe === undefined ? null : charm.integrations.find(
+    (id) =>
+      deps.allIntegrations.get(id)?.getIntegrationConfig()
+        .isValidIntegrationCharm(charm, recipe).ok ?? false,
+  ) ?? null;
   // A charm disabled between this check and the delivery is skipped by the
   // run handler, which reads the state again.
   const now = deps.now();
@@ -49,7 +65,7 @@ export async function enqueueManualRun(
     v: 1,
     space: ref.space,
     charmId: ref.charmId,
-    integration: null,
+    integration,
     kind: "manual",
     slot: now,
     runId: crypto.randomUUID(),

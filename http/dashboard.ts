@@ -21,6 +21,7 @@
  *
  * @module
  */
+import { HTTPException } from "hono/http-exception";
 import type { Context, Hono } from "hono";
 import {
   CHARM_STATUSES,
@@ -76,6 +77,19 @@ export function registerDashboard(
   });
 
   app.post("/dashboard/charms/:space/:charmId/:action", async (c) => {
+    // Forms post without a preflight: refuse one sent from another site
+    // (browsers name it in Origin), so a page elsewhere cannot press these
+    // buttons for a local operator who needs no token.
+    const origin = c.req.header("origin");
+    if (origin !== undefined) {
+      const host = c.req.header("host") ?? new URL(c.req.url).host;
+      // "null" (a sandboxed frame, a file) is another site too.
+      if (!URL.canParse(origin) || new URL(origin).host !== host) {
+        throw new HTTPException(403, {
+          message: `origin: ${origin} may not post dashboard forms`,
+        });
+      }
+    }
     const form = await c.req.parseBody();
     const token = _formToken(form);
     const principal = token === null
@@ -197,7 +211,10 @@ async function _page(
       "base-uri 'none'",
       "frame-ancestors 'none'",
     ].join("; "),
-    "Referrer-Policy": "no-referrer",
+    // same-origin, not no-referrer: under no-referrer browsers send
+    // "Origin: null" with the page's own form posts, which the origin check
+    // of the form route must refuse.
+    "Referrer-Policy": "same-origin",
   });
 }
 

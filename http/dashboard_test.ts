@@ -237,3 +237,39 @@ Deno.test("GET / counts the runs that finished in the last hour", async () => {
   assert.match(text, /id="hour-succeeded">2</);
   assert.match(text, /id="hour-failed">1</);
 });
+
+Deno.test("POST /dashboard/charms/… refuses a form sent from another site", async () => {
+  await using h = await harness();
+  await createCounter(h, "x1");
+  for (const origin of ["https://evil.example", "null"]) {
+    const res = await h.app.request(
+      `http://127.0.0.1:8000/dashboard/charms/${SPACE}/x1/disable`,
+      {
+        method: "POST",
+        headers: {
+          origin,
+          host: "127.0.0.1:8000",
+          "content-type": "application/x-www-form-urlencoded",
+        },
+        body: "",
+      },
+    );
+    assert.equal(res.status, 403, origin);
+  }
+  const detail = await (await h.call("GET", `/api/charms/${SPACE}/x1`)).json();
+  assert.equal(detail.status, "ok");
+  // The dashboard's own form (same origin) still works.
+  const own = await h.app.request(
+    `http://127.0.0.1:8000/dashboard/charms/${SPACE}/x1/disable`,
+    {
+      method: "POST",
+      headers: {
+        origin: "http://127.0.0.1:8000",
+        host: "127.0.0.1:8000",
+        "content-type": "application/x-www-form-urlencoded",
+      },
+      body: "",
+    },
+  );
+  assert.equal(own.status, 303);
+});

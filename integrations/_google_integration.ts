@@ -56,6 +56,8 @@ export function defineGoogleIntegration(
         fetch: deps.fetch,
         signal: deps.signal,
         now: deps.now,
+        secrets: deps.secrets,
+        recipe: deps.recipe,
       }, { space: charm.space, charmId: charm.charmId }),
   };
 }

@@ -33,6 +33,8 @@ function prepareDeps(
     now: h.deps.now,
     fetch: h.deps.fetch,
     signal,
+    secrets: h.deps.secrets,
+    recipe: h.deps.recipes.get("gmail-importer")!,
   };
 }
 

@@ -14,6 +14,7 @@ import type { Charm, CharmRef } from "../charm/charm.ts";
 import type { DidKey } from "../charm/did.ts";
 import type { AnyRecipe } from "../charm/recipe.ts";
 import { UPDATER_NAMES, type UpdaterName } from "../charm/updaters.ts";
+import type { SecretKeys } from "../lib/secrets.ts";
 import { integrationCharmsPrefix, integrationKey } from "../store/keys.ts";
 
 /** Whether a charm can run under an integration, and why not. */
@@ -56,6 +57,13 @@ export interface PrepareDeps extends IntegrationDeps {
   fetch: typeof fetch;
   /** The run's signal: aborted at the run's timeout or at shutdown. */
   signal: AbortSignal;
+  /**
+   * Keys for the charm's secret cell fields: a `prepare` that reads or
+   * writes cells goes through `store/cell_codec.ts` with them.
+   */
+  secrets: SecretKeys | null;
+  /** The charm's recipe (its `secretPaths` name the secret fields). */
+  recipe: AnyRecipe;
 }
 
 /** An integration. */

@@ -1,7 +1,9 @@
 /**
  * `manual`: runs the charms named by `--charms` and those registered to it
- * through `POST /api/integrations/manual/charms`. Calls the first updater
- * stream the recipe has.
+ * through `POST /api/integrations/manual/charms`. Calls their `bgUpdater`
+ * stream, as the original service did: charms whose streams need an
+ * integration's session (`googleUpdater`, `calendarUpdater`) belong to that
+ * integration, not here.
  *
  * @module
  */
@@ -12,6 +14,6 @@ export default defineRegistryIntegration({
   name: "Manual",
   description:
     "Run the charms named by --charms and those registered via the API",
-  updater: null,
+  updater: "bgUpdater",
   cellCauseName: "manual-charms",
 });

@@ -27,12 +27,17 @@ export function chooseQueue(
   env: Record<string, string | undefined>,
 ): QueueChoice {
   const onDeploy = Boolean(env.DENO_DEPLOYMENT_ID);
-  const remoteKv = /^https?:\/\//.test(config.kvPath);
+  const remoteKv = config.kvPath !== null &&
+    /^https?:\/\//.test(config.kvPath);
   let driver: "native" | "kv";
   let reason: string;
   if (config.queueDriver !== "auto") {
     driver = config.queueDriver;
     reason = "QUEUE_DRIVER";
+  } else if (config.queueWorker === "cron") {
+    // Only the kv driver can be drained by cron ticks.
+    driver = "kv";
+    reason = "QUEUE_WORKER=cron";
   } else if (onDeploy) {
     driver = "kv";
     reason = "Deno Deploy has no KV queues";

@@ -116,6 +116,8 @@ export const gcalImporterRecipe = defineRecipe({
     "Imports Google Calendar events around now and keeps them current",
   argumentSchema,
   resultSchema,
+  // Encrypted at rest (SECRETS_KEY) and redacted in API replies.
+  secretPaths: { argument: [["auth", "token"], ["auth", "refreshToken"]] },
   initialResult: () => ({
     events: [],
     nextSyncToken: null,

@@ -113,6 +113,8 @@ export const gmailImporterRecipe = defineRecipe({
     "Imports the newest Gmail messages (metadata) and keeps them current",
   argumentSchema,
   resultSchema,
+  // Encrypted at rest (SECRETS_KEY) and redacted in API replies.
+  secretPaths: { argument: [["auth", "token"], ["auth", "refreshToken"]] },
   initialResult: () => ({
     emails: [],
     historyId: null,

@@ -6,6 +6,12 @@
  * is stored in the result cell. Other replies fail the run: 408, 429 and 5xx
  * are retriable (honouring `Retry-After`), any other 4xx is not.
  *
+ * Each request is signed by the operator identity (`BCS-Signature`,
+ * `BCS-Key`; see `lib/webhook_signature.ts` and `docs/webhooks.md`). When
+ * deployed, URLs whose host is or resolves to a private, loopback or
+ * link-local address are refused, at creation and before every call (DNS can
+ * change), and redirects are not followed (see `lib/net_guard.ts`).
+ *
  * @module
  */
 import { z } from "zod";
@@ -15,6 +21,8 @@ import {
   parseRetryAfter,
   RetryAfterError,
 } from "../lib/errors.ts";
+import { checkUrl } from "../lib/net_guard.ts";
+import { signWebhookBody } from "../lib/webhook_signature.ts";
 
 const argumentSchema = z.object({
   url: z.url({ protocol: /^https?$/, error: "must be an http(s) URL" }),
@@ -39,21 +47,55 @@ export const webhookRecipe = defineRecipe({
     lastCalledAt: null,
     result: null,
   }),
+  async checkArgument({ url }, ctx) {
+    const verdict = await checkUrl(url, ctx.egress, ctx.signal);
+    if (!verdict.ok) {
+      throw new TypeError(
+        verdict.retriable
+          ? `argument.url: ${verdict.reason}`
+          : `argument.url: ${verdict.reason}; webhooks may not call private, loopback or link-local hosts when deployed (WEBHOOK_ALLOWED_HOSTS lists exceptions)`,
+      );
+    }
+  },
   handlers: {
     async bgUpdater(ctx) {
       const { url } = ctx.argument.get();
+      // Checked again at every call: what a name resolves to can change.
+      const verdict = await checkUrl(url, ctx.egress, ctx.signal);
+      if (!verdict.ok) {
+        const what = `Cannot call webhook ${_origin(url)}: ${verdict.reason}`;
+        throw verdict.retriable ? new Error(what) : new NonRetriableError(
+          `${what}; private, loopback and link-local hosts are refused when deployed`,
+        );
+      }
+      const body = new TextEncoder().encode(JSON.stringify({
+        space: ctx.space,
+        charmId: ctx.charmId,
+        slot: ctx.slot,
+        attempt: ctx.attempt,
+      }));
+      const signature = ctx.signer === null
+        ? {}
+        : await signWebhookBody(ctx.signer, body, { url, nowMs: ctx.now() });
       const response = await ctx.fetch(url, {
         method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({
-          space: ctx.space,
-          charmId: ctx.charmId,
-          slot: ctx.slot,
-          attempt: ctx.attempt,
-        }),
+        headers: { "content-type": "application/json", ...signature },
+        body,
         signal: ctx.signal,
+        // A redirect could lead anywhere, past the check above.
+        redirect: ctx.egress.restricted ? "manual" : "follow",
       });
       const text = await response.text();
+      if (
+        ctx.egress.restricted && response.status >= 300 &&
+        response.status < 400
+      ) {
+        throw new NonRetriableError(
+          `Webhook ${
+            _origin(url)
+          } replied ${response.status}; redirects are not followed when deployed`,
+        );
+      }
       if (!response.ok) {
         const what = `Webhook ${_origin(url)} replied ${response.status}`;
         const retryAfterMs = parseRetryAfter(

@@ -7,7 +7,10 @@
 import type { AnyRecipe } from "../charm/recipe.ts";
 import type { Config } from "../config/config.ts";
 import type { Integration } from "../integrations/integration.ts";
+import type { EgressPolicy } from "../lib/net_guard.ts";
+import type { SecretKeys } from "../lib/secrets.ts";
 import type { Semaphore } from "../lib/semaphore.ts";
+import type { Signer } from "../lib/webhook_signature.ts";
 import type { QueueDriver } from "../queue/queue.ts";
 
 /** The part of the configuration handlers read. */
@@ -58,4 +61,16 @@ export interface ServiceDeps {
    * fan-out (the `kv` driver where no process stays up, as on Deno Deploy).
    */
   drainBudgetMs: number | null;
+  /**
+   * Seal secret cell fields at rest (`SECRETS_KEY`); `null` stores them in
+   * plaintext (local only, with a warning at startup).
+   */
+  secrets: SecretKeys | null;
+  /** Where charms' outbound requests may go (restricted when deployed). */
+  egress: EgressPolicy;
+  /**
+   * The operator identity, which signs webhook requests; `null` sends them
+   * unsigned (tests and benchmarks; `main.ts` always sets it).
+   */
+  signer: Signer | null;
 }

@@ -12,11 +12,15 @@ import type { Config } from "../config/config.ts";
 import { dispatch } from "../handlers/dispatch.ts";
 import { resumeInterruptedFanouts } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
+import { isDeployed } from "../identity/load_identity.ts";
 import type { Integration } from "../integrations/integration.ts";
 import { NotFoundError, toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
+import { type EgressPolicy, egressPolicy } from "../lib/net_guard.ts";
+import type { SecretKeys } from "../lib/secrets.ts";
 import { observeDisabledCharms } from "../lib/telemetry.ts";
 import { Semaphore } from "../lib/semaphore.ts";
+import type { Signer } from "../lib/webhook_signature.ts";
 import type { Delivery, QueueDriver } from "../queue/queue.ts";
 import { createCharm, listCharms, registerCharm } from "../store/charms.ts";
 import { sweepUndelivered } from "../store/dead_letters.ts";
@@ -57,6 +61,15 @@ export interface ServiceOptions {
   worker?: "listener" | "loop" | "cron";
   /** Names this process in leases (default: a random id). */
   ownerId?: string;
+  /** Keys sealing secret cell fields (default `null`: plaintext). */
+  secrets?: SecretKeys | null;
+  /** The operator identity signing webhook requests (default: unsigned). */
+  signer?: Signer | null;
+  /**
+   * Where charms' requests may go (default: restricted when `env` says
+   * deployed, except `WEBHOOK_ALLOWED_HOSTS`).
+   */
+  egress?: EgressPolicy;
 }
 
 /** A running service. */
@@ -100,6 +113,12 @@ export function createService(
     env: options.env,
     shutdownSignal: shutdownController.signal,
     drainBudgetMs: options.worker === "cron" ? config.drainBudgetMs : null,
+    secrets: options.secrets ?? null,
+    egress: options.egress ?? egressPolicy({
+      deployed: isDeployed(options.env),
+      allowedHosts: config.webhookAllowedHosts,
+    }),
+    signer: options.signer ?? null,
   };
   const worker = options.worker ?? "listener";
   const log = logger("main");
@@ -279,7 +298,14 @@ async function seedDemo(
   const counter = deps.recipes.get("counter")!;
   for (const ref of DEMO_CHARMS) {
     if ((await deps.kv.get(charmKey(ref))).value === null) {
-      await createCharm(deps.kv, ref, counter, { step: 1 }, deps.now()).catch(
+      await createCharm(
+        deps.kv,
+        ref,
+        counter,
+        { step: 1 },
+        deps.now(),
+        deps.secrets,
+      ).catch(
         (error) => {
           // Another process created it first.
           log.debug("Demo charm exists: {error}", {

@@ -18,6 +18,8 @@ import {
 } from "../charm/charm.ts";
 import type { AnyRecipe } from "../charm/recipe.ts";
 import { NotFoundError } from "../lib/errors.ts";
+import type { SecretKeys } from "../lib/secrets.ts";
+import { encodeCell } from "./cell_codec.ts";
 import { writeCharmState } from "./charms.ts";
 import { cellKey, charmKey, charmStateKey } from "./keys.ts";
 import { jsonSize, MAX_CELL_BYTES } from "./kv_util.ts";
@@ -26,6 +28,8 @@ import { jsonSize, MAX_CELL_BYTES } from "./kv_util.ts";
  * Validates `argument` against the charm's recipe and stores it; a charm that
  * needed re-authentication no longer does.
  *
+ * @param secrets seal the recipe's secret fields (OAuth tokens) with these
+ *   keys; `null` stores them in plaintext
  * @returns the charm's state after the write.
  * @throws {NotFoundError} when the charm does not exist.
  * @throws {TypeError} naming the field when the argument does not match the
@@ -36,6 +40,7 @@ export async function replaceCharmArgument(
   recipes: ReadonlyMap<string, AnyRecipe>,
   ref: CharmRef,
   argument: unknown,
+  secrets: SecretKeys | null = null,
 ): Promise<CharmState> {
   for (let attempt = 0; attempt < 10; attempt++) {
     const [charm, state] = await kv.getMany<[Charm, CharmState]>([
@@ -67,8 +72,15 @@ export async function replaceCharmArgument(
       );
     }
     const before = state.value ?? initialCharmState();
+    const stored = await encodeCell(
+      secrets,
+      recipe,
+      ref,
+      "argument",
+      parsed.data,
+    );
     const op = kv.atomic().check(charm).check(state)
-      .set(cellKey(ref, "argument"), parsed.data);
+      .set(cellKey(ref, "argument"), stored);
     let after = before;
     if (before.needsReauth) {
       after = { ...before, needsReauth: false, needsReauthReason: null };

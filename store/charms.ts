@@ -18,6 +18,8 @@ import {
 } from "../charm/charm.ts";
 import type { AnyRecipe } from "../charm/recipe.ts";
 import { ConflictError, NotFoundError } from "../lib/errors.ts";
+import type { SecretKeys } from "../lib/secrets.ts";
+import { encodeCell } from "./cell_codec.ts";
 import {
   cellKey,
   type CellName,
@@ -82,6 +84,8 @@ export function writeCharmState(
 /**
  * Creates a charm with its cells and initial state.
  *
+ * @param secrets seal the recipe's secret fields with these keys (`null`:
+ *   store them in plaintext, as when `SECRETS_KEY` is unset)
  * @throws {TypeError} when the argument does not match the recipe's schema or
  *   a cell is too large.
  * @throws {ConflictError} when the charm id is taken in that space.
@@ -92,6 +96,7 @@ export async function createCharm(
   recipe: AnyRecipe,
   argument: unknown,
   nowMs: number,
+  secrets: SecretKeys | null = null,
 ): Promise<Charm> {
   const parsed = recipe.argumentSchema.safeParse(argument ?? {});
   if (!parsed.success) {
@@ -124,8 +129,14 @@ export async function createCharm(
   const op = kv.atomic()
     .check({ key: charmKey(ref), versionstamp: null })
     .set(charmKey(ref), charm)
-    .set(cellKey(ref, "argument"), parsed.data)
-    .set(cellKey(ref, "result"), result);
+    .set(
+      cellKey(ref, "argument"),
+      await encodeCell(secrets, recipe, ref, "argument", parsed.data),
+    )
+    .set(
+      cellKey(ref, "result"),
+      await encodeCell(secrets, recipe, ref, "result", result),
+    );
   writeCharmState(op, ref, null, initialCharmState());
   addToCounter(op, serviceCounterKey("charms"), 1);
   const { ok } = await op.commit();
@@ -149,7 +160,11 @@ export async function getCharmSummary(
   return { ...charm.value, status: charmStatus(s), state: s };
 }
 
-/** Reads a charm with state, cells and integrations; `null` when absent. */
+/**
+ * Reads a charm with state, cells and integrations; `null` when absent. The
+ * cells are as stored: secret fields sealed (show them through
+ * `redactCell`, never as they are).
+ */
 export async function getCharmDetail(
   kv: Deno.Kv,
   ref: CharmRef,

@@ -9,8 +9,9 @@
 import type { CharmRef, CharmState } from "../charm/charm.ts";
 import type { RunMessage } from "../handlers/messages.ts";
 import { runCharm, type RunOutcome } from "../handlers/run_charm.ts";
+import { decodeCell } from "../store/cell_codec.ts";
 import { createCharm, registerCharm } from "../store/charms.ts";
-import { cellKey, charmStateKey } from "../store/keys.ts";
+import { cellKey, charmKey, charmStateKey } from "../store/keys.ts";
 import {
   makeTestDeps,
   recordingQueue,
@@ -90,18 +91,25 @@ export async function googleHarness(
     sent: queue.sent,
     async charm({ recipe, integration, charmId, argument, auth }) {
       const ref = { space: SPACE, charmId: charmId ?? recipe };
-      await createCharm(kv, ref, deps.recipes.get(recipe)!, {
-        ...argument,
-        auth: auth ?? {
-          token: fake.issueAccessToken(),
-          tokenType: "Bearer",
-          scope: [],
-          expiresIn: 3600,
-          expiresAt: clock.t + 3600_000,
-          refreshToken: REFRESH_TOKEN,
-          user: { email: "user@example.com", name: "User", picture: "" },
+      await createCharm(
+        kv,
+        ref,
+        deps.recipes.get(recipe)!,
+        {
+          ...argument,
+          auth: auth ?? {
+            token: fake.issueAccessToken(),
+            tokenType: "Bearer",
+            scope: [],
+            expiresIn: 3600,
+            expiresAt: clock.t + 3600_000,
+            refreshToken: REFRESH_TOKEN,
+            user: { email: "user@example.com", name: "User", picture: "" },
+          },
         },
-      }, clock.t);
+        clock.t,
+        deps.secrets,
+      );
       const id = integration === undefined
         ? (recipe === "gmail-importer" ? "gmail" : "gcal")
         : integration;
@@ -139,7 +147,16 @@ export async function googleHarness(
       return runCharm(deps, message);
     },
     async argument(ref) {
-      return (await kv.get(cellKey(ref, "argument"))).value;
+      // As a run sees it: secret fields decrypted.
+      return await decodeCell(
+        deps.secrets,
+        deps.recipes.get(
+          (await kv.get<{ recipe: string }>(charmKey(ref))).value!.recipe,
+        )!,
+        ref,
+        "argument",
+        (await kv.get(cellKey(ref, "argument"))).value,
+      );
     },
     async result(ref) {
       return (await kv.get(cellKey(ref, "result"))).value;

@@ -4,8 +4,11 @@
  *
  * @module
  */
+import { Identity } from "../identity/identity.ts";
 import { INTEGRATIONS } from "../integrations/manifest.ts";
 import type { Integration } from "../integrations/integration.ts";
+import { egressPolicy } from "../lib/net_guard.ts";
+import { deriveSecretKey, type SecretKeys } from "../lib/secrets.ts";
 import { Semaphore } from "../lib/semaphore.ts";
 import { nativeQueue } from "../queue/native_queue.ts";
 import { RECIPES } from "../recipes/mod.ts";
@@ -35,6 +38,17 @@ export const TEST_POLICY: RunPolicy = {
   retryBaseDelayMs: 1_000,
   retryMaxDelayMs: 60_000,
 };
+
+/** The `SECRETS_KEY` of test deps (fixed, so tests can derive it too). */
+export const TEST_SECRETS_KEY = "bcs-test-secrets-key-0123456789abcdef";
+
+/** The passphrase of the test deps' signer (the operator identity). */
+export const TEST_SIGNER_PASSPHRASE = "bcs test operator";
+
+/** The secret keys of test deps: {@linkcode TEST_SECRETS_KEY}, no previous. */
+export async function testSecretKeys(): Promise<SecretKeys> {
+  return { current: await deriveSecretKey(TEST_SECRETS_KEY), previous: null };
+}
 
 /** Options for {@linkcode makeTestDeps}. */
 export type TestDepsOptions = Partial<Omit<ServiceDeps, "policy">> & {
@@ -74,6 +88,13 @@ export async function makeTestDeps(
     env: {},
     shutdownSignal: new AbortController().signal,
     drainBudgetMs: null,
+    secrets: overrides.secrets === undefined
+      ? await testSecretKeys()
+      : overrides.secrets,
+    egress: egressPolicy({ deployed: false }),
+    signer: overrides.signer === undefined
+      ? await Identity.fromPassphrase(TEST_SIGNER_PASSPHRASE)
+      : overrides.signer,
     ...overrides,
   };
   return Object.assign(deps, {

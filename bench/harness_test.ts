@@ -1,0 +1,87 @@
+import assert from "node:assert/strict";
+import { loadBenchConfig } from "./config.ts";
+import { countingKv, totalOps } from "./counting_kv.ts";
+import { isDriver, loadKvDriver, loadNativeDriver } from "./drivers.ts";
+import { endToEnd } from "./end_to_end.ts";
+import { queueBaseline } from "./queue_baseline.ts";
+import { noopRecipe } from "./recipes.ts";
+import { seedDifference } from "./seed.ts";
+import { figure, percentile } from "./stats.ts";
+
+// Structure only: the benchmark's times are reported, never asserted.
+
+Deno.test("seedCharmsBatched() writes what createCharm() + registerCharm() write", async () => {
+  assert.equal(await seedDifference(noopRecipe), null);
+});
+
+Deno.test("countingKv() counts reads and the commit of a chained atomic op", async () => {
+  const raw = await Deno.openKv(":memory:");
+  try {
+    const { kv, counts } = countingKv(raw);
+    const entry = await kv.get(["a"]);
+    await kv.atomic().check(entry).set(["a"], 1).sum(["n"], 1n).commit();
+    await kv.getMany([["a"], ["n"]]);
+    for await (const _ of kv.list({ prefix: [] })) {
+      // Drain the listing.
+    }
+    assert.deepEqual(totalOps(counts), { reads: 3, writes: 1, total: 4 });
+    assert.equal((await raw.get(["a"])).value, 1);
+  } finally {
+    raw.close();
+  }
+});
+
+Deno.test("queueBaseline() drains every message and reports a rate", async () => {
+  const result = await queueBaseline("memory", 50, 30_000);
+  assert.ok(result.messagesPerSecond > 0);
+  assert.ok(result.elapsedMs >= result.enqueueMs);
+});
+
+Deno.test("endToEnd() runs every charm once through dispatch() and counts KV ops", async () => {
+  const result = await endToEnd({
+    kind: "memory",
+    driver: await loadNativeDriver(),
+    charms: 20,
+    maxConcurrent: 5,
+    processes: 1,
+    timeoutMs: 30_000,
+  });
+  assert.equal(result.succeeded, 20);
+  assert.equal(result.failed, 0);
+  assert.ok(result.runsPerSecond > 0);
+  assert.ok(result.kvOpsPerRun !== null && result.kvOpsPerRun.writes >= 2);
+});
+
+Deno.test("loadKvDriver() returns a driver or says why not", async () => {
+  const driver = await loadKvDriver();
+  assert.equal(driver.name, "kv");
+  if (!isDriver(driver)) assert.match(driver.reason, /\S/);
+});
+
+Deno.test("figure() and percentile() summarise repetitions", () => {
+  assert.deepEqual(figure([3, 1, 2]), {
+    median: 2,
+    min: 1,
+    max: 3,
+    runs: [3, 1, 2],
+  });
+  const samples = Array.from({ length: 1000 }, (_, i) => i + 1);
+  assert.equal(percentile(samples, 99), 990);
+  assert.equal(percentile(samples, 50), 500);
+});
+
+Deno.test("loadBenchConfig() scales down for --quick and names bad variables", () => {
+  const quick = loadBenchConfig(["--quick"], {});
+  assert.equal(quick.quick, true);
+  assert.ok(quick.fanoutSizes.every((n) => n <= 5_000));
+  assert.throws(
+    () =>
+      loadBenchConfig([], {
+        BENCH_REPS: "zero",
+        BENCH_LATENESS_INTERVAL_S: "7",
+      }),
+    (error: Error) =>
+      error.message.includes("BENCH_REPS") &&
+      error.message.includes("BENCH_LATENESS_INTERVAL_S"),
+  );
+});

@@ -1,0 +1,84 @@
+/**
+ * Runs one measurement on its own, to profile it:
+ *
+ * ```sh
+ * deno run --allow-all --cpu-prof --cpu-prof-dir=/tmp/prof bench/profile.ts e2e native memory 5000
+ * deno run --allow-all bench/cpu_profile_summary.ts /tmp/prof/*.cpuprofile
+ * ```
+ *
+ * Measurements: `baseline <file|memory> <messages>`, `e2e <native|kv>
+ * <file|memory> <charms>`, `fanout <charms>` (in this process, not a
+ * subprocess, so the profile sees it).
+ *
+ * @module
+ */
+import { tick } from "../handlers/tick.ts";
+import { nativeQueue } from "../queue/native_queue.ts";
+import { benchDeps } from "./bench_deps.ts";
+import type { KvKind } from "./bench_kv.ts";
+import { openBenchKv } from "./bench_kv.ts";
+import { isDriver, loadKvDriver, loadNativeDriver } from "./drivers.ts";
+import { endToEnd } from "./end_to_end.ts";
+import { queueBaseline } from "./queue_baseline.ts";
+import { benchRecipes, noopRecipe } from "./recipes.ts";
+import { seedCharmsBatched } from "./seed.ts";
+
+if (import.meta.main) {
+  const [what, ...rest] = Deno.args;
+  const kindOf = (value: string | undefined): KvKind => {
+    if (value !== "file" && value !== "memory") {
+      throw new TypeError(`"${value}" is not a KV kind; use file or memory`);
+    }
+    return value;
+  };
+  if (what === "baseline") {
+    const r = await queueBaseline(kindOf(rest[0]), Number(rest[1]), 600_000);
+    console.log(JSON.stringify(r));
+  } else if (what === "e2e") {
+    // `native+one-read` runs the prototype of bench/prototypes/.
+    const prototypes = await import("./prototypes/dispatch_one_read.ts");
+    const prototype = rest[0]?.endsWith("+one-read")
+      ? prototypes.dispatchOneRead
+      : rest[0]?.endsWith("+one-commit")
+      ? prototypes.dispatchOneCommit
+      : undefined;
+    const driver = rest[0]?.startsWith("kv")
+      ? await loadKvDriver()
+      : await loadNativeDriver();
+    if (!isDriver(driver)) throw new Error(driver.reason);
+    const r = await endToEnd({
+      kind: kindOf(rest[1]),
+      driver,
+      charms: Number(rest[2]),
+      maxConcurrent: Number(Deno.env.get("BENCH_MAX_CONCURRENT") ?? 5),
+      processes: 1,
+      timeoutMs: 600_000,
+      ...(prototype ? { dispatch: prototype } : {}),
+      // Batched, so a profile holds little beyond the measured runs.
+      seeding: "batched",
+    });
+    console.log(JSON.stringify(r));
+  } else if (what === "fanout") {
+    await using store = await openBenchKv("file");
+    await seedCharmsBatched(store.kv, {
+      recipe: noopRecipe,
+      count: Number(rest[0]),
+    });
+    const deps = await benchDeps({
+      kv: store.kv,
+      queue: nativeQueue(store.kv),
+      recipes: benchRecipes(noopRecipe),
+      maxConcurrent: 5,
+    });
+    const started = performance.now();
+    const results = await tick(deps, { mode: "cron" });
+    console.log(JSON.stringify({
+      enqueued: results[0]?.enqueued,
+      elapsedMs: performance.now() - started,
+    }));
+  } else {
+    throw new TypeError(
+      "usage: profile.ts baseline <kind> <n> | e2e <driver> <kind> <n> | fanout <n>",
+    );
+  }
+}

@@ -1,0 +1,874 @@
+/**
+ * The run handler: runs one charm for one slot, exactly once in its effects.
+ *
+ * The steps, and why each is there:
+ * 1. **Duplicate check.** A run is keyed by (charm, integration, slot) or a
+ *    manual run id. A finished run, or a delivery of an older attempt than the
+ *    one recorded, is dropped: the queue delivers at least once.
+ * 2. **Permit.** `--max-concurrent` runs execute at once in this process.
+ * 3. **Claim.** One atomic commit takes the per-charm lease (so two runs of a
+ *    charm never overlap, across processes) and marks the run `running`. A
+ *    live lease held by someone else defers this delivery until it expires:
+ *    that covers both a concurrent duplicate and a crashed holder.
+ * 4. **Execute** the integration's `prepare` (a token refresh, say), then read
+ *    the cells and run the recipe's stream, all under an `AbortSignal` that
+ *    fires at the timeout. Cell writes are buffered in the context.
+ * 5. **Record** the outcome in one atomic commit that checks the lease is
+ *    still ours: the cells (success only), the charm state and its indexes,
+ *    the run record, the service counters, the lease release, and for a
+ *    retriable failure the next attempt's enqueue. A crash before this commit
+ *    leaves the lease to expire and the message to be redelivered; a crash
+ *    after it leaves a finished run that a redelivery drops.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import {
+  type Charm,
+  type CharmRef,
+  type CharmState,
+  formatCharmRef,
+  initialCharmState,
+} from "../../charm/charm.ts";
+import type { DidKey } from "../../charm/did.ts";
+import type { AnyRecipe, Cell, RunContext } from "../../charm/recipe.ts";
+import { streamFor } from "../../integrations/integration.ts";
+import {
+  NeedsReauthError,
+  NonRetriableError,
+  RetryAfterError,
+  TimeoutError,
+  toError,
+} from "../../lib/errors.ts";
+import { logger } from "../../lib/log.ts";
+import { type Delivery, NO_ACK } from "../../queue/queue.ts";
+import type { ServiceDeps, TimerId } from "../../service/deps.ts";
+import { decodeCell, encodeCell } from "../../store/cell_codec.ts";
+import { writeCharmState } from "../../store/charms.ts";
+import { writeDeadLetter } from "../../store/dead_letters.ts";
+import {
+  cellKey,
+  charmKey,
+  charmLeaseKey,
+  charmStateKey,
+  runKey,
+  serviceCounterKey,
+  undeliveredKey,
+} from "../../store/keys.ts";
+import { addToCounter, jsonSize, MAX_CELL_BYTES } from "../../store/kv_util.ts";
+import { runKeyOf, type RunMessage } from "../../handlers/messages.ts";
+
+/** What happened to one delivery of a run message. */
+export type RunOutcome =
+  /** The run succeeded and its effects are committed. */
+  | "succeeded"
+  /** The attempt failed; the next attempt is enqueued. */
+  | "retrying"
+  /** The slot failed for good (retries exhausted or non-retriable). */
+  | "failed"
+  /** This delivery was a duplicate of a finished or newer attempt. */
+  | "duplicate"
+  /** Another run holds the charm's lease; this delivery was re-enqueued. */
+  | "deferred"
+  /** The charm is disabled; the run was recorded as skipped. */
+  | "skipped"
+  /** The message cannot run (charm gone); it was dead-lettered. */
+  | "dead-lettered"
+  /**
+   * The lease expired and another delivery took over; results were dropped
+   * and the message was enqueued again, so the run is not lost.
+   */
+  | "lease-lost"
+  /**
+   * The service shut down mid-run: nothing was recorded and the lease was
+   * released. The caller must not acknowledge the message, so the queue
+   * delivers it again after the restart.
+   */
+  | "interrupted";
+
+/** The record of one run, at `runKey(charm, run)`. */
+export interface RunRecord {
+  state: "running" | "retrying" | "succeeded" | "failed" | "skipped";
+  attempt: number;
+  slot: number;
+  integration: string | null;
+  startedAt: number | null;
+  finishedAt: number | null;
+  durationMs: number | null;
+  error: string | null;
+  /** For `retrying`: when the next attempt is due. */
+  retryAt: number | null;
+}
+
+/** The per-charm lease, at `charmLeaseKey(charm)`. */
+export interface Lease {
+  run: string;
+  attempt: number;
+  owner: string;
+  expiresAt: number;
+}
+
+/** Extra lease time past the run timeout, to cover the outcome commit. */
+export const LEASE_MARGIN_MS = 5_000;
+
+/**
+ * How long run records are kept: long enough to recognise any redelivery,
+ * retry or catch-up fan-out of the same slot (a lower bound: KV expiry is
+ * lazy).
+ */
+export function runRecordTtlMs(intervalMs: number): number {
+  return 3_600_000 + 2 * intervalMs;
+}
+
+const FINAL_STATES = new Set<RunRecord["state"]>([
+  "succeeded",
+  "failed",
+  "skipped",
+]);
+
+const CLAIM_TRIES = 8;
+
+/**
+ * Runs one delivery of a run message and records its outcome.
+ *
+ * Throws only when KV itself fails, so the queue redelivers the message.
+ */
+export async function runCharm(
+  deps: ServiceDeps,
+  message: RunMessage,
+  delivery: Delivery = NO_ACK,
+): Promise<RunOutcome> {
+  const ref: CharmRef = {
+    space: message.space as DidKey,
+    charmId: message.charmId,
+  };
+  const run = runKeyOf(message);
+  const log = logger("run").with({
+    charm: formatCharmRef(ref),
+    run,
+    attempt: message.attempt,
+  });
+
+  // PROTOTYPE: one read of everything the run needs, reused by the claim.
+  const read = await _readRun(deps.kv, ref, run);
+  const early = await _checkDuplicate(deps, ref, message, read);
+  if (early !== null) {
+    if (early === "duplicate") log.debug("Dropped a duplicate delivery");
+    return early;
+  }
+
+  const release = await deps.semaphore.acquire();
+  try {
+    return await _claimAndRun(deps, ref, run, message, log, delivery, read);
+  } finally {
+    release();
+  }
+}
+
+/** PROTOTYPE: the charm, its state, lease, run record and cells. */
+type RunRead = [
+  Deno.KvEntryMaybe<Charm>,
+  Deno.KvEntryMaybe<CharmState>,
+  Deno.KvEntryMaybe<Lease>,
+  Deno.KvEntryMaybe<RunRecord>,
+  Deno.KvEntryMaybe<unknown>,
+  Deno.KvEntryMaybe<unknown>,
+];
+
+async function _readRun(
+  kv: Deno.Kv,
+  ref: CharmRef,
+  run: string,
+): Promise<RunRead> {
+  return await kv.getMany<
+    [Charm, CharmState, Lease, RunRecord, unknown, unknown]
+  >([
+    charmKey(ref),
+    charmStateKey(ref),
+    charmLeaseKey(ref),
+    runKey(ref, run),
+    cellKey(ref, "argument"),
+    cellKey(ref, "result"),
+  ]) as RunRead;
+}
+
+async function _checkDuplicate(
+  deps: ServiceDeps,
+  ref: CharmRef,
+  message: RunMessage,
+  read: RunRead,
+): Promise<RunOutcome | null> {
+  const [charm, , , record] = read;
+  if (charm.value === null) {
+    await writeDeadLetter(
+      deps.kv,
+      message,
+      `charm ${formatCharmRef(ref)} does not exist`,
+      deps.now(),
+    );
+    logger("run").warn(
+      "Dead-lettered a run of {charm}: the charm does not exist",
+      { charm: formatCharmRef(ref) },
+    );
+    return "dead-lettered";
+  }
+  return _isDuplicate(record.value, message) ? "duplicate" : null;
+}
+
+function _isDuplicate(record: RunRecord | null, message: RunMessage): boolean {
+  if (record === null) return false;
+  if (FINAL_STATES.has(record.state)) return true;
+  return record.attempt > message.attempt;
+}
+
+async function _claimAndRun(
+  deps: ServiceDeps,
+  ref: CharmRef,
+  run: string,
+  message: RunMessage,
+  log: Logger,
+  delivery: Delivery,
+  firstRead: RunRead,
+): Promise<RunOutcome> {
+  const { kv, policy } = deps;
+  let read: RunRead | null = firstRead;
+  for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
+    // A stale first read only makes the claim's checks fail: then re-read.
+    read ??= await _readRun(kv, ref, run);
+    const [
+      charmEntry,
+      stateEntry,
+      leaseEntry,
+      recordEntry,
+      argEntry,
+      resEntry,
+    ] = read;
+    read = null;
+    const charm = charmEntry.value;
+    if (charm === null) {
+      await writeDeadLetter(
+        kv,
+        message,
+        `charm ${formatCharmRef(ref)} does not exist`,
+        deps.now(),
+      );
+      return "dead-lettered";
+    }
+    if (_isDuplicate(recordEntry.value, message)) return "duplicate";
+    const now = deps.now();
+    const state = stateEntry.value ?? initialCharmState();
+
+    if (state.disabled || state.needsReauth) {
+      // A run enqueued before the charm was parked: skip it like a disabled
+      // one. Replacing the argument (the auth) un-parks the charm.
+      const why = state.disabled
+        ? `charm is disabled${
+          state.disabledReason ? `: ${state.disabledReason}` : ""
+        }`
+        : `charm needs re-authentication${
+          state.needsReauthReason ? `: ${state.needsReauthReason}` : ""
+        }`;
+      const skipped: RunRecord = {
+        ..._newRecord(message),
+        state: "skipped",
+        finishedAt: now,
+        error: why,
+      };
+      const { ok } = await kv.atomic().check(recordEntry)
+        .set(runKey(ref, run), skipped, {
+          expireIn: runRecordTtlMs(policy.intervalMs),
+        })
+        .commit();
+      if (!ok) continue;
+      log.info("Skipped run: {charm} is {why}", {
+        charm: formatCharmRef(ref),
+        why: state.disabled ? "disabled" : "waiting for re-authentication",
+      });
+      return "skipped";
+    }
+
+    const lease = leaseEntry.value;
+    if (lease !== null && lease.expiresAt > now) {
+      // Someone holds the charm: a concurrent duplicate of this run, a run of
+      // another slot, or a crashed process whose lease has not expired yet.
+      // Come back when it should be free; the duplicate check then decides.
+      const waitMs = lease.run === run && lease.attempt === message.attempt
+        ? lease.expiresAt - now + 100
+        : Math.min(Math.max(lease.expiresAt - now, 250), 5_000);
+      const op = deps.queue.enqueue(kv.atomic(), message, {
+        delayMs: waitMs,
+        undeliveredKey: undeliveredKey(ref, run, message.attempt),
+      });
+      await op.commit();
+      log.debug("Deferred {waitMs} ms: the charm is leased by {holder}", {
+        waitMs,
+        holder: `${lease.run}#${lease.attempt}`,
+      });
+      return "deferred";
+    }
+
+    const newLease: Lease = {
+      run,
+      attempt: message.attempt,
+      owner: deps.ownerId,
+      expiresAt: now + policy.charmExecutionTimeoutMs + LEASE_MARGIN_MS,
+    };
+    const running: RunRecord = {
+      ..._newRecord(message),
+      state: "running",
+      startedAt: now,
+    };
+    // PROTOTYPE (one commit): no claim commit. The outcome commit checks
+    // the lease still absent and the state unchanged since the read, so a
+    // concurrent duplicate records once, but the two may both execute:
+    // an upper bound, not a proposal as is.
+    void newLease;
+    void running;
+    const claim = { ok: true, versionstamp: leaseEntry.versionstamp ?? "" };
+
+    log.debug("Started run of {charm}", { charm: formatCharmRef(ref) });
+    const execution = await _execute(deps, charm, message, log, [
+      argEntry,
+      resEntry,
+    ]);
+    if (!execution.ok && deps.shutdownSignal.aborted) {
+      // Not the charm's fault: release the charm and let the redelivery run it.
+      await kv.atomic()
+        .check({ key: charmLeaseKey(ref), versionstamp: claim.versionstamp })
+        .delete(charmLeaseKey(ref))
+        .commit();
+      log.info(
+        "Run of {charm} interrupted by shutdown; it runs again after restart",
+        {
+          charm: formatCharmRef(ref),
+        },
+      );
+      return "interrupted";
+    }
+    return await _record(
+      deps,
+      ref,
+      run,
+      message,
+      claim.versionstamp,
+      execution,
+      log,
+      delivery,
+      {
+        charm,
+        lease: leaseEntry as Deno.KvEntry<Lease>,
+        state: stateEntry,
+      },
+    );
+  }
+  throw new Error(
+    `Cannot claim run ${run} of charm ${
+      formatCharmRef(ref)
+    }: too much contention`,
+  );
+}
+
+function _newRecord(message: RunMessage): RunRecord {
+  return {
+    state: "running",
+    attempt: message.attempt,
+    slot: message.slot,
+    integration: message.integration,
+    startedAt: null,
+    finishedAt: null,
+    durationMs: null,
+    error: null,
+    retryAt: null,
+  };
+}
+
+/** The result of executing a handler (before recording it). */
+type Execution =
+  | {
+    ok: true;
+    durationMs: number;
+    cells: { argument?: unknown; result?: unknown };
+  }
+  | { ok: false; durationMs: number; error: Error };
+
+async function _execute(
+  deps: ServiceDeps,
+  charm: Charm,
+  message: RunMessage,
+  log: Logger,
+  cellsRead: [Deno.KvEntryMaybe<unknown>, Deno.KvEntryMaybe<unknown>],
+): Promise<Execution> {
+  const started = deps.now();
+  const fail = (error: unknown): Execution => ({
+    ok: false,
+    durationMs: deps.now() - started,
+    error: toError(error),
+  });
+  const recipe = deps.recipes.get(charm.recipe);
+  if (recipe === undefined) {
+    return fail(
+      new NonRetriableError(
+        `Recipe "${charm.recipe}" is not registered in this service`,
+      ),
+    );
+  }
+  const integration = message.integration === null
+    ? null
+    : deps.allIntegrations.get(message.integration);
+  if (integration === undefined) {
+    return fail(
+      new NonRetriableError(
+        `Integration "${message.integration}" does not exist`,
+      ),
+    );
+  }
+  const stream = streamFor(integration?.updater ?? null, recipe);
+  const handler = stream === null ? undefined : recipe.handlers[stream];
+  if (handler === undefined) {
+    return fail(
+      new NonRetriableError(
+        `Recipe "${recipe.name}" has no ${
+          integration?.updater ?? "updater"
+        } stream to run`,
+      ),
+    );
+  }
+
+  const ref = { space: charm.space, charmId: charm.charmId };
+  const controller = new AbortController();
+  const onShutdown = () => controller.abort(new Error("Service shutting down"));
+  deps.shutdownSignal.addEventListener("abort", onShutdown, { once: true });
+  let timer: TimerId | undefined;
+  const deadline = new Promise<Execution>((resolve) => {
+    timer = deps.timers.setTimeout(() => {
+      const error = new TimeoutError(
+        `Run timed out after ${deps.policy.charmExecutionTimeoutMs} ms`,
+      );
+      controller.abort(error);
+      resolve(fail(error));
+    }, deps.policy.charmExecutionTimeoutMs);
+  });
+  const aborted = new Promise<Execution>((resolve) => {
+    controller.signal.addEventListener("abort", () => {
+      resolve(fail(controller.signal.reason));
+    }, { once: true });
+  });
+
+  const opened: { cells?: ReturnType<typeof _bufferedCells> } = {};
+  const work = (async (): Promise<Execution> => {
+    // `prepare` runs first and may rewrite the argument cell (a refreshed
+    // token), so the cells are read after it.
+    const prepared = integration?.prepare
+      ? await integration.prepare({
+        kv: deps.kv,
+        env: deps.env,
+        now: deps.now,
+        fetch: deps.fetch,
+        signal: controller.signal,
+        secrets: deps.secrets,
+        recipe,
+      }, charm)
+      : undefined;
+    // A `prepare` that outlived the deadline must not start the handler.
+    controller.signal.throwIfAborted();
+    // PROTOTYPE: the cells read with the claim, unless `prepare` ran.
+    const [argumentEntry, resultEntry] = integration?.prepare
+      ? await deps.kv.getMany<[unknown, unknown]>([
+        cellKey(ref, "argument"),
+        cellKey(ref, "result"),
+      ])
+      : cellsRead;
+    // Secret fields are sealed in KV; the handler sees them in plaintext.
+    const [storedArgument, storedResult] = await Promise.all([
+      decodeCell(deps.secrets, recipe, ref, "argument", argumentEntry.value),
+      decodeCell(deps.secrets, recipe, ref, "result", resultEntry.value),
+    ]);
+    const argument = recipe.argumentSchema.safeParse(storedArgument);
+    if (!argument.success) {
+      throw new NonRetriableError(
+        `The argument cell no longer matches recipe "${recipe.name}"`,
+      );
+    }
+    controller.signal.throwIfAborted();
+    const cells = _bufferedCells(
+      argument.data,
+      storedResult ?? recipe.initialResult(argument.data),
+    );
+    opened.cells = cells;
+    const ctx: RunContext<unknown, unknown> = {
+      space: charm.space,
+      charmId: charm.charmId,
+      integration: message.integration,
+      slot: message.slot,
+      attempt: message.attempt,
+      argument: cells.argument,
+      result: cells.result,
+      signal: controller.signal,
+      fetch: deps.fetch,
+      logger: logger("charm").with({ charm: formatCharmRef(ref) }),
+      now: deps.now,
+      prepared,
+      egress: deps.egress,
+      signer: deps.signer,
+    };
+    await handler(ctx);
+    return {
+      ok: true,
+      durationMs: deps.now() - started,
+      cells: cells.written(),
+    };
+  })().catch(fail);
+
+  try {
+    // The first to settle wins; a handler that ignores the signal keeps
+    // running in the background, but its buffered writes are discarded.
+    return await Promise.race([work, deadline, aborted]);
+  } finally {
+    opened.cells?.close();
+    if (timer !== undefined) deps.timers.clearTimeout(timer);
+    deps.shutdownSignal.removeEventListener("abort", onShutdown);
+    if (!controller.signal.aborted) controller.abort(new Error("Run finished"));
+    log.debug("Handler settled");
+  }
+}
+
+function _bufferedCells(argument: unknown, result: unknown) {
+  let closed = false;
+  const written: { argument?: unknown; result?: unknown } = {};
+  const values = { argument, result };
+  const cell = (name: "argument" | "result"): Cell<unknown> => ({
+    get: () => structuredClone(values[name]),
+    set(value) {
+      if (closed) {
+        throw new Error(`Cannot write the ${name} cell: the run has ended`);
+      }
+      values[name] = structuredClone(value);
+      written[name] = values[name];
+    },
+  });
+  return {
+    argument: cell("argument"),
+    result: cell("result"),
+    written: () => ({ ...written }),
+    close: () => {
+      closed = true;
+    },
+  };
+}
+
+/** Validates written cells against the recipe; returns an error or null. */
+function _checkCells(
+  recipe: AnyRecipe | undefined,
+  cells: { argument?: unknown; result?: unknown },
+): Error | null {
+  if (recipe === undefined) return null;
+  for (const name of ["argument", "result"] as const) {
+    if (!(name in cells)) continue;
+    const schema = name === "argument"
+      ? recipe.argumentSchema
+      : recipe.resultSchema;
+    const parsed = schema.safeParse(cells[name]);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const path = [name, ...(issue?.path ?? [])].join(".");
+      return new NonRetriableError(
+        `Recipe "${recipe.name}" wrote an invalid ${path}: ${
+          issue?.message ?? "invalid"
+        }`,
+      );
+    }
+    const size = jsonSize(cells[name]);
+    if (size > MAX_CELL_BYTES) {
+      return new NonRetriableError(
+        `Recipe "${recipe.name}" wrote a ${size}-byte ${name} cell; the limit is ${MAX_CELL_BYTES} bytes`,
+      );
+    }
+  }
+  return null;
+}
+
+async function _record(
+  deps: ServiceDeps,
+  ref: CharmRef,
+  run: string,
+  message: RunMessage,
+  leaseVersionstamp: string,
+  execution: Execution,
+  log: Logger,
+  delivery: Delivery,
+  claimed: {
+    charm: Charm;
+    lease: Deno.KvEntry<Lease>;
+    state: Deno.KvEntryMaybe<CharmState>;
+  },
+): Promise<RunOutcome> {
+  const { kv, policy } = deps;
+  // PROTOTYPE: the charm as the claim read it (its recipe cannot change).
+  const recipe = deps.recipes.get(claimed.charm.recipe);
+  if (execution.ok) {
+    const invalid = _checkCells(recipe, execution.cells);
+    if (invalid !== null) {
+      execution = {
+        ok: false,
+        durationMs: execution.durationMs,
+        error: invalid,
+      };
+    }
+  }
+  // What is stored: secret fields sealed (the checks above saw plaintext).
+  const storedCells: Record<string, unknown> = {};
+  if (execution.ok && recipe !== undefined) {
+    for (const [name, value] of Object.entries(execution.cells)) {
+      const cell = name as "argument" | "result";
+      storedCells[cell] = await encodeCell(
+        deps.secrets,
+        recipe,
+        ref,
+        cell,
+        value,
+      );
+    }
+  }
+
+  // PROTOTYPE: the first commit checks the lease the claim wrote and the
+  // state the claim read; only a conflict costs a read.
+  let known: [Deno.KvEntryMaybe<Lease>, Deno.KvEntryMaybe<CharmState>] | null =
+    [claimed.lease, claimed.state];
+  for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
+    const [leaseEntry, stateEntry] = known ??
+      await kv.getMany<[Lease, CharmState]>([
+        charmLeaseKey(ref),
+        charmStateKey(ref),
+      ]);
+    known = null;
+    if ((leaseEntry.versionstamp ?? "") !== leaseVersionstamp) {
+      // The lease expired mid-run (a stalled process) and another delivery
+      // took it. If that was a redelivery of this run, it records the
+      // outcome; if it was a run of another slot, nobody would, and this
+      // run's record would stay `running` for good. Enqueue this attempt
+      // again: a copy of a run that finishes meanwhile is a duplicate.
+      await deps.queue.enqueue(kv.atomic(), message, {
+        delayMs: 0,
+        undeliveredKey: undeliveredKey(ref, run, message.attempt),
+      }).commit();
+      log.warn(
+        "Dropped the outcome of {charm}: its lease expired and another run took it; the run goes again",
+        { charm: formatCharmRef(ref) },
+      );
+      return "lease-lost";
+    }
+    const now = deps.now();
+    const before = stateEntry.value ?? initialCharmState();
+    const timed = _withTiming(before, execution.durationMs, now);
+    const ttl = { expireIn: runRecordTtlMs(policy.intervalMs) };
+    const base: RunRecord = {
+      ..._newRecord(message),
+      startedAt: now - execution.durationMs,
+      finishedAt: now,
+      durationMs: execution.durationMs,
+    };
+    const op = kv.atomic().check(leaseEntry).check(stateEntry).delete(
+      charmLeaseKey(ref),
+    );
+    let outcome: RunOutcome;
+    let after: CharmState;
+
+    if (execution.ok) {
+      outcome = "succeeded";
+      after = {
+        ...timed,
+        consecutiveFailures: 0,
+        totalExecutions: before.totalExecutions + 1,
+        totalSuccesses: before.totalSuccesses + 1,
+      };
+      for (const [name, value] of Object.entries(storedCells)) {
+        op.set(cellKey(ref, name as "argument" | "result"), value);
+      }
+      op.set(runKey(ref, run), { ...base, state: "succeeded" }, ttl);
+      addToCounter(op, serviceCounterKey("totalSuccesses"), 1);
+      addToCounter(op, serviceCounterKey("totalCharmsProcessed"), 1);
+    } else {
+      const error = execution.error;
+      const errorText = `${error.name}: ${error.message}`.slice(0, 2000);
+      const retriable = !(error instanceof NonRetriableError);
+      const withError = {
+        ...timed,
+        lastError: errorText,
+        lastErrorTimestamp: now,
+      };
+      if (retriable && message.attempt <= policy.maxRetries) {
+        outcome = "retrying";
+        const delayMs = retryDelayMs(
+          error,
+          message.attempt,
+          policy,
+          deps.random,
+        );
+        after = withError;
+        const next: RunMessage = { ...message, attempt: message.attempt + 1 };
+        op.set(runKey(ref, run), {
+          ...base,
+          state: "retrying",
+          attempt: next.attempt,
+          error: errorText,
+          retryAt: now + delayMs,
+        }, ttl);
+        deps.queue.enqueue(op, next, {
+          delayMs,
+          undeliveredKey: undeliveredKey(ref, run, next.attempt),
+        });
+      } else if (error instanceof NeedsReauthError) {
+        // The user has to act, not the service: park the charm (the fan-out
+        // and this handler skip it until its argument is replaced) without
+        // counting toward being disabled.
+        outcome = "failed";
+        after = {
+          ...withError,
+          totalExecutions: before.totalExecutions + 1,
+          totalFailures: before.totalFailures + 1,
+          needsReauth: true,
+          needsReauthReason: error.message.slice(0, 2000),
+        };
+        op.set(
+          runKey(ref, run),
+          { ...base, state: "failed", error: errorText },
+          ttl,
+        );
+        addToCounter(op, serviceCounterKey("totalFailures"), 1);
+        addToCounter(op, serviceCounterKey("totalCharmsProcessed"), 1);
+      } else {
+        outcome = "failed";
+        const consecutiveFailures = before.consecutiveFailures + 1;
+        const disable = consecutiveFailures >= policy.maxConsecutiveFailures;
+        after = {
+          ...withError,
+          consecutiveFailures,
+          totalExecutions: before.totalExecutions + 1,
+          totalFailures: before.totalFailures + 1,
+          ...(disable && !before.disabled
+            ? {
+              disabled: true,
+              disabledReason:
+                `${consecutiveFailures} consecutive failures; last: ${errorText}`,
+            }
+            : {}),
+        };
+        op.set(
+          runKey(ref, run),
+          { ...base, state: "failed", error: errorText },
+          ttl,
+        );
+        addToCounter(op, serviceCounterKey("totalFailures"), 1);
+        addToCounter(op, serviceCounterKey("totalCharmsProcessed"), 1);
+      }
+    }
+    writeCharmState(op, ref, stateEntry.value, after);
+    // Acknowledge the delivery in the same commit (the kv driver's job).
+    delivery.ack(op);
+    if (!(await op.commit()).ok) continue;
+
+    _logOutcome(log, outcome, ref, message, execution, before, after, policy);
+    return outcome;
+  }
+  // Leave the lease to expire: the redelivered message will run it again.
+  throw new Error(
+    `Cannot record the outcome of run ${run} of charm ${
+      formatCharmRef(ref)
+    }: too much contention`,
+  );
+}
+
+function _withTiming(
+  state: CharmState,
+  durationMs: number,
+  now: number,
+): CharmState {
+  const attempts = state.totalAttempts;
+  return {
+    ...state,
+    lastExecuted: now,
+    lastExecutionTimeMs: durationMs,
+    avgExecutionTimeMs: (state.avgExecutionTimeMs * attempts + durationMs) /
+      (attempts + 1),
+    minExecutionTimeMs: Math.min(
+      state.minExecutionTimeMs ?? durationMs,
+      durationMs,
+    ),
+    maxExecutionTimeMs: Math.max(
+      state.maxExecutionTimeMs ?? durationMs,
+      durationMs,
+    ),
+    totalAttempts: attempts + 1,
+  };
+}
+
+function _logOutcome(
+  log: Logger,
+  outcome: RunOutcome,
+  ref: CharmRef,
+  message: RunMessage,
+  execution: Execution,
+  before: CharmState,
+  after: CharmState,
+  policy: ServiceDeps["policy"],
+): void {
+  const props = {
+    charm: formatCharmRef(ref),
+    durationMs: execution.durationMs,
+    error: after.lastError,
+    consecutiveFailures: after.consecutiveFailures,
+  };
+  if (outcome === "succeeded") {
+    log.info("Run of {charm} succeeded in {durationMs} ms", props);
+  } else if (outcome === "retrying") {
+    log.warn(
+      "Run of {charm} failed (attempt {attempt} of {maxAttempts}), retrying: {error}",
+      {
+        ...props,
+        attempt: message.attempt,
+        maxAttempts: policy.maxRetries + 1,
+      },
+    );
+  } else {
+    log.error(
+      "Run of {charm} failed for good after {attempt} attempts: {error}",
+      {
+        ...props,
+        attempt: message.attempt,
+      },
+    );
+  }
+  if (after.needsReauth && !before.needsReauth) {
+    log.error(
+      "{charm} needs re-authentication; it is parked until its argument is replaced: {error}",
+      props,
+    );
+  }
+  if (after.disabled && !before.disabled) {
+    log.error(
+      "Disabled {charm} after {consecutiveFailures} consecutive failures; last error: {error}",
+      props,
+    );
+  }
+}
+
+/**
+ * The delay before attempt `attempt + 1`: a `Retry-After` the handler
+ * surfaced, else exponential backoff (base × 2^(attempt-1), capped) with
+ * jitter in [50%, 100%] so retries of many charms do not stampede.
+ */
+export function retryDelayMs(
+  error: Error,
+  attempt: number,
+  policy: Pick<ServiceDeps["policy"], "retryBaseDelayMs" | "retryMaxDelayMs">,
+  random: () => number,
+): number {
+  if (error instanceof RetryAfterError) {
+    return Math.min(error.retryAfterMs, 24 * 3600 * 1000);
+  }
+  const exponential = Math.min(
+    policy.retryMaxDelayMs,
+    policy.retryBaseDelayMs * 2 ** (attempt - 1),
+  );
+  return Math.round(exponential * (0.5 + 0.5 * random()));
+}

@@ -1,0 +1,353 @@
+import assert from "node:assert/strict";
+import type { CharmRef } from "../charm/charm.ts";
+import { charmPath, expectStatus, harness } from "../http/test_harness.ts";
+import { deriveSecretKey, isSealed, type SecretKeys } from "../lib/secrets.ts";
+import { RECIPES } from "../recipes/mod.ts";
+import {
+  googleHarness,
+  REFRESH_TOKEN,
+  T0,
+} from "../test/fake_google_harness.ts";
+import { SPACE } from "../test/test_deps.ts";
+import {
+  decodeCell,
+  encodeCell,
+  redactCell,
+  REDACTED,
+  reencryptSecrets,
+} from "./cell_codec.ts";
+import { createCharm, registerCharm } from "./charms.ts";
+import { cellKey } from "./keys.ts";
+
+const GMAIL = RECIPES.get("gmail-importer")!;
+const REF: CharmRef = { space: SPACE, charmId: "mail" };
+const MINUTE = 60_000;
+
+async function keys(current: string, previous?: string): Promise<SecretKeys> {
+  return {
+    current: await deriveSecretKey(current),
+    previous: previous === undefined
+      ? null
+      : await deriveSecretKey(previous, "SECRETS_KEY_PREVIOUS"),
+  };
+}
+
+const OLD_KEY = "old-cell-key-0123456789abcdef-0123456";
+const NEW_KEY = "new-cell-key-0123456789abcdef-0123456";
+
+function argument(token: string, refreshToken: string) {
+  return {
+    auth: {
+      token,
+      tokenType: "Bearer",
+      scope: ["https://www.googleapis.com/auth/gmail.readonly"],
+      expiresIn: 3600,
+      expiresAt: T0 + 3600_000,
+      refreshToken,
+      user: { email: "user@example.com", name: "User", picture: "" },
+    },
+    labelIds: ["INBOX"],
+    maxResults: 50,
+    query: "",
+  };
+}
+
+/** Fails naming the secret when any of `secrets` is in `stored`'s JSON. */
+function assertNoPlaintext(stored: unknown, secrets: string[]): void {
+  const text = JSON.stringify(stored);
+  for (const secret of secrets) {
+    assert.ok(!text.includes(secret), `KV holds "${secret}" in ${text}`);
+  }
+}
+
+/** The `kid` of each sealed field of an argument cell as stored. */
+function kidsOf(stored: unknown): string[] {
+  const auth = (stored as { auth: Record<string, unknown> }).auth;
+  return [auth.token, auth.refreshToken].map((field) => {
+    assert.ok(isSealed(field), `sealed: ${JSON.stringify(field)}`);
+    return field.kid;
+  });
+}
+
+Deno.test("encodeCell() seals only the recipe's secret paths and decodeCell() restores them", async () => {
+  const k = await keys(NEW_KEY);
+  const plain = argument("ya29.access", "1//refresh");
+  const stored = await encodeCell(k, GMAIL, REF, "argument", plain);
+  assertNoPlaintext(stored, ["ya29.access", "1//refresh"]);
+  assert.deepEqual(kidsOf(stored), [k.current.kid, k.current.kid]);
+  const { auth, ...rest } = stored as ReturnType<typeof argument>;
+  assert.deepEqual(rest, { labelIds: ["INBOX"], maxResults: 50, query: "" });
+  assert.deepEqual(auth.user, plain.auth.user);
+  assert.equal(auth.expiresAt, plain.auth.expiresAt);
+  // The input is not mutated.
+  assert.equal(plain.auth.token, "ya29.access");
+  assert.deepEqual(
+    await decodeCell(k, GMAIL, REF, "argument", stored),
+    plain,
+  );
+  // Empty fields have nothing to hide and stay as they are; so do cells of
+  // recipes without secret paths, and the result cell.
+  const empty = await encodeCell(k, GMAIL, REF, "argument", argument("", ""));
+  assert.equal((empty as ReturnType<typeof argument>).auth.token, "");
+  const counter = { step: 1 };
+  assert.equal(
+    await encodeCell(k, RECIPES.get("counter")!, REF, "argument", counter),
+    counter,
+  );
+  // Without keys (SECRETS_KEY unset, local) values are stored as given.
+  assert.equal(await encodeCell(null, GMAIL, REF, "argument", plain), plain);
+});
+
+Deno.test("decodeCell() reads plaintext written before SECRETS_KEY was set, and a sealed field only in its own place", async () => {
+  const k = await keys(NEW_KEY);
+  const plain = argument("ya29.access", "1//refresh");
+  assert.deepEqual(await decodeCell(k, GMAIL, REF, "argument", plain), plain);
+  const stored = await encodeCell(k, GMAIL, REF, "argument", plain);
+  await assert.rejects(
+    decodeCell(k, GMAIL, { ...REF, charmId: "other" }, "argument", stored),
+    /Cannot decrypt argument\.auth\.token of charm .*\/other with SECRETS_KEY .*does not authenticate/,
+  );
+});
+
+Deno.test("rotation: values written with the old key are read with SECRETS_KEY_PREVIOUS set, and rewritten with the new key", async () => {
+  const old = await keys(OLD_KEY);
+  const rotating = await keys(NEW_KEY, OLD_KEY);
+  const plain = argument("ya29.access", "1//refresh");
+  const written = await encodeCell(old, GMAIL, REF, "argument", plain);
+  assert.deepEqual(kidsOf(written), [old.current.kid, old.current.kid]);
+
+  const read = await decodeCell(rotating, GMAIL, REF, "argument", written);
+  assert.deepEqual(read, plain);
+  const rewritten = await encodeCell(rotating, GMAIL, REF, "argument", read);
+  assert.deepEqual(kidsOf(rewritten), [
+    rotating.current.kid,
+    rotating.current.kid,
+  ]);
+  // Once rewritten, the new key alone reads it; the old value needs the old
+  // key, and the error says which variable to set.
+  const newOnly = await keys(NEW_KEY);
+  assert.deepEqual(
+    await decodeCell(newOnly, GMAIL, REF, "argument", rewritten),
+    plain,
+  );
+  await assert.rejects(
+    decodeCell(newOnly, GMAIL, REF, "argument", written),
+    /neither SECRETS_KEY \(key [0-9a-f]{8}\) nor SECRETS_KEY_PREVIOUS \(not set\); set SECRETS_KEY_PREVIOUS/,
+  );
+});
+
+Deno.test("redactCell() hides the secret paths and any sealed value, decrypting nothing", async () => {
+  const k = await keys(NEW_KEY);
+  const plain = argument("ya29.access", "1//refresh");
+  const stored = await encodeCell(k, GMAIL, REF, "argument", plain);
+  for (const value of [plain, stored]) {
+    const shown = redactCell(GMAIL, "argument", value) as typeof plain;
+    assert.equal(shown.auth.token, REDACTED);
+    assert.equal(shown.auth.refreshToken, REDACTED);
+    assert.deepEqual(shown.auth.user, plain.auth.user);
+    assert.deepEqual(shown.labelIds, ["INBOX"]);
+  }
+  // An empty token shows as empty: the user sees no token is set.
+  const empty = redactCell(GMAIL, "argument", argument("", "1//r"));
+  assert.equal((empty as typeof plain).auth.token, "");
+  // A sealed value under an unknown recipe is still hidden.
+  assert.deepEqual(redactCell(undefined, "argument", stored), {
+    ...plain,
+    auth: { ...plain.auth, token: REDACTED, refreshToken: REDACTED },
+  });
+});
+
+Deno.test("POST /api/charms stores no plaintext token in KV; GET shows it redacted; PUT .../argument too", async () => {
+  await using h = await harness();
+  const token = "ya29.created-access-token";
+  const refreshToken = "1//created-refresh-token";
+  await expectStatus(
+    201,
+    h.call("POST", "/api/charms", {
+      space: SPACE,
+      recipe: "gmail-importer",
+      charmId: "mail",
+      argument: { auth: { token, refreshToken } },
+    }),
+  );
+  const raw = await h.deps.kv.get(cellKey(REF, "argument"));
+  assertNoPlaintext(raw.value, [token, refreshToken]);
+  assert.deepEqual(kidsOf(raw.value), [
+    h.deps.secrets!.current.kid,
+    h.deps.secrets!.current.kid,
+  ]);
+  const shown = JSON.stringify(
+    await expectStatus(200, h.call("GET", charmPath("mail"))),
+  );
+  assertNoPlaintext(shown, [token, refreshToken, '"$enc"']);
+  assert.match(shown, /"token":"\[redacted\]","tokenType"/);
+
+  const newToken = "ya29.replaced-access-token";
+  await expectStatus(
+    200,
+    h.call("PUT", charmPath("mail", "/argument"), {
+      auth: { token: newToken, refreshToken: "1//replaced-refresh" },
+    }),
+  );
+  assertNoPlaintext((await h.deps.kv.get(cellKey(REF, "argument"))).value, [
+    newToken,
+    "1//replaced-refresh",
+  ]);
+});
+
+Deno.test("a token refresh writes the new token back sealed: KV holds no plaintext token", async () => {
+  await using h = await googleHarness();
+  h.fake.mailbox.add({ id: "m1" });
+  const old = h.fake.issueAccessToken();
+  const ref = await h.charm({
+    recipe: "gmail-importer",
+    auth: {
+      ...argument(old, REFRESH_TOKEN).auth,
+      expiresAt: T0 + 5 * MINUTE,
+    },
+  });
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  assert.equal(h.fake.count("token"), 1, "the token was refreshed");
+  const fresh = h.fake.issuedTokens.at(-1)!;
+  assert.notEqual(fresh, old);
+  // The run saw plaintext (it called Gmail with the fresh token)...
+  assert.equal((await h.argument(ref)).auth.token, fresh);
+  // ...while KV holds none of the tokens, in any cell.
+  for (const cell of ["argument", "result"] as const) {
+    assertNoPlaintext((await h.deps.kv.get(cellKey(ref, cell))).value, [
+      old,
+      fresh,
+      REFRESH_TOKEN,
+      ...h.fake.issuedTokens,
+    ]);
+  }
+  assert.deepEqual(
+    kidsOf((await h.deps.kv.get(cellKey(ref, "argument"))).value),
+    [h.deps.secrets!.current.kid, h.deps.secrets!.current.kid],
+  );
+});
+
+Deno.test("rotation through a run: a charm sealed with the old key runs with SECRETS_KEY_PREVIOUS set and its refresh reseals it with the new key", async () => {
+  const old = await keys(OLD_KEY);
+  const rotating = await keys(NEW_KEY, OLD_KEY);
+  await using h = await googleHarness({ deps: { secrets: rotating } });
+  h.fake.mailbox.add({ id: "m1" });
+  const ref = { space: SPACE, charmId: "mail" };
+  await createCharm(
+    h.deps.kv,
+    ref,
+    GMAIL,
+    argument(h.fake.issueAccessToken(), REFRESH_TOKEN),
+    T0,
+    old,
+  );
+  await registerCharm(h.deps.kv, "gmail", ref, T0);
+  // The token expires soon: the refresh rewrites the argument cell.
+  h.clock.t = T0 + 3600_000 - 5 * MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  const stored = (await h.deps.kv.get(cellKey(ref, "argument"))).value;
+  assert.deepEqual(kidsOf(stored), [
+    rotating.current.kid,
+    rotating.current.kid,
+  ]);
+  assert.equal(
+    ((await decodeCell(
+      await keys(NEW_KEY),
+      GMAIL,
+      ref,
+      "argument",
+      stored,
+    )) as {
+      auth: { refreshToken: string };
+    }).auth.refreshToken,
+    REFRESH_TOKEN,
+  );
+});
+
+Deno.test("a run whose secrets were sealed with another key fails at once, naming SECRETS_KEY, and calls nothing", async () => {
+  await using h = await googleHarness();
+  h.fake.mailbox.add({ id: "m1" });
+  const ref = { space: SPACE, charmId: "mail" };
+  await createCharm(
+    h.deps.kv,
+    ref,
+    GMAIL,
+    argument("ya29.x", REFRESH_TOKEN),
+    T0,
+    await keys(OLD_KEY),
+  );
+  await registerCharm(h.deps.kv, "gmail", ref, T0);
+  assert.equal(await h.run(ref, "gmail"), "failed");
+  const state = await h.state(ref);
+  assert.match(
+    state.lastError!,
+    /^SecretDecryptionError: Cannot decrypt argument\.auth\.token of charm .*\/mail: it was encrypted with key [0-9a-f]{8}, which is neither SECRETS_KEY/,
+  );
+  assert.equal(h.sent.length, 0, "not retried");
+  assert.equal(h.fake.calls.length, 0);
+});
+
+Deno.test("a tampered sealed token fails the run without retries", async () => {
+  await using h = await googleHarness();
+  const ref = await h.charm({ recipe: "gmail-importer" });
+  const entry = await h.deps.kv.get<ReturnType<typeof argument>>(
+    cellKey(ref, "argument"),
+  );
+  const sealed = entry.value!.auth.token as unknown as { ct: string };
+  sealed.ct = (sealed.ct[0] === "A" ? "B" : "A") + sealed.ct.slice(1);
+  await h.deps.kv.set(cellKey(ref, "argument"), entry.value);
+  assert.equal(await h.run(ref, "gmail"), "failed");
+  assert.match(
+    (await h.state(ref)).lastError!,
+    /SecretDecryptionError: .*with SECRETS_KEY \(key [0-9a-f]{8}\): the ciphertext does not authenticate/,
+  );
+  assert.equal(h.fake.calls.length, 0);
+});
+
+Deno.test("reencryptSecrets() reseals plaintext and old-key fields under the current key, idempotently", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const old = await keys(OLD_KEY);
+  const rotating = await keys(NEW_KEY, OLD_KEY);
+  const refs = ["plain", "old", "stranger"].map((charmId) => ({
+    space: SPACE,
+    charmId,
+  }));
+  await createCharm(kv, refs[0]!, GMAIL, argument("ya29.p", "1//p"), T0, null);
+  await createCharm(kv, refs[1]!, GMAIL, argument("ya29.o", "1//o"), T0, old);
+  await createCharm(
+    kv,
+    refs[2]!,
+    GMAIL,
+    argument("ya29.s", "1//s"),
+    T0,
+    await keys("a-third-key-nobody-configured-012345"),
+  );
+  await createCharm(
+    kv,
+    { space: SPACE, charmId: "count" },
+    RECIPES.get("counter")!,
+    {},
+    T0,
+  );
+  const unreadable: string[] = [];
+  const report = await reencryptSecrets(
+    kv,
+    RECIPES,
+    rotating,
+    (ref) => unreadable.push(ref.charmId),
+  );
+  assert.deepEqual(report, { checked: 3, rewritten: 2, unreadable: 1 });
+  assert.deepEqual(unreadable, ["stranger"]);
+  for (const ref of refs.slice(0, 2)) {
+    const stored = (await kv.get(cellKey(ref, "argument"))).value;
+    assert.deepEqual(kidsOf(stored), [
+      rotating.current.kid,
+      rotating.current.kid,
+    ]);
+    assertNoPlaintext(stored, ["ya29.", "1//"]);
+  }
+  assert.deepEqual(
+    await reencryptSecrets(kv, RECIPES, rotating),
+    { checked: 3, rewritten: 0, unreadable: 1 },
+  );
+});
