@@ -35,6 +35,7 @@ import { ConflictError, NotFoundError, toError } from "../lib/errors.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { type CharmSummary, listCharms } from "../store/charms.ts";
 import { countRecentRuns, type RecentRuns } from "../store/recent_runs.ts";
+import type { QueueDepth } from "../queue/queue.ts";
 import { readServiceState, type ServiceState } from "../store/service_state.ts";
 import type { AppEnv, AppOptions } from "./app.ts";
 import { authenticate, type Principal, requireOperator } from "./auth.ts";
@@ -160,6 +161,8 @@ export interface DashboardData {
   charms: CharmSummary[] | null;
   /** `true` when there are more charms than shown. */
   charmsTruncated: boolean;
+  /** The queue's backlog, for the operator, where the driver can see it. */
+  queue?: { driver: string; depth: QueueDepth | null };
 }
 
 async function _page(
@@ -190,6 +193,10 @@ async function _page(
     if (principal.kind === "operator") {
       ({ charms: data.charms, truncated: data.charmsTruncated } =
         await _charmsForTable(deps.kv));
+      data.queue = {
+        driver: deps.queue.name,
+        depth: deps.queue.depth ? await deps.queue.depth() : null,
+      };
     }
   }
   const notice = extras.notice ?? _noticeFromQuery(c);
@@ -347,7 +354,38 @@ function _countersSection(data: DashboardData): SafeHtml {
     ${cell("succeeded", `${atLeast}${r.succeeded}`, "hour-succeeded")}
     ${cell("failed", `${atLeast}${r.failed}`, "hour-failed")}
   </div>
+  ${_queueSection(data)}
 </section>`;
+}
+
+function _queueSection(data: DashboardData): SafeHtml {
+  if (data.queue === undefined) return html``;
+  const d = data.queue.depth;
+  const cell = (label: string, value: string | number, id: string) =>
+    html`<div class="counter"><span class="label">${label}</span><span
+        class="value" id="${id}">${String(value)}</span></div>`;
+  if (d === null) {
+    return html`
+      <h2>Queue</h2>
+      <p id="queue-driver">${data.queue
+        .driver} driver (its backlog is not visible)</p>
+    `;
+  }
+  const more = d.truncated ? "≥ " : "";
+  return html`
+    <h2>Queue</h2>
+    <p id="queue-driver">${data.queue.driver} driver</p>
+    <div class="grid">
+        ${cell("due now", `${more}${d.dueNow}`, "queue-due")}
+        ${cell("delayed", `${more}${d.delayed}`, "queue-delayed")}
+        ${cell("leased", `${more}${d.leased}`, "queue-leased")}
+        ${cell(
+          "oldest due",
+          `${Math.round(d.oldestDueAgeMs / 1000)} s`,
+          "queue-oldest",
+        )}
+      </div>
+  `;
 }
 
 function _accessSection(

@@ -273,3 +273,28 @@ Deno.test("POST /dashboard/charms/… refuses a form sent from another site", as
   );
   assert.equal(own.status, 303);
 });
+
+Deno.test("GET / shows the kv queue's backlog to the operator", async () => {
+  const { kvQueue } = await import("../queue/kv_queue.ts");
+  await using h = await harness({
+    adminToken: ADMIN_TOKEN,
+    queue: (kv) =>
+      kvQueue(kv, {
+        owner: "t",
+        leaseMs: 1_000,
+        maxInFlight: 1,
+        now: () => Date.now(),
+      }),
+  });
+  await createCounter(h, "q1", SPACE, OPERATOR);
+  assert.equal(
+    (await h.call("POST", `/api/charms/${SPACE}/q1/run`, undefined, OPERATOR))
+      .status,
+    202,
+  );
+  const page = await (await h.app.request("/", { headers: OPERATOR })).text();
+  assert.match(page, /id="queue-driver">kv driver</);
+  assert.match(page, /id="queue-due">1</);
+  const publicPage = await (await h.app.request("/")).text();
+  assert.doesNotMatch(publicPage, /queue-driver/);
+});
