@@ -108,6 +108,9 @@ export interface Lease {
   expiresAt: number;
 }
 
+/** How often a run waiting for another run of its charm looks again. */
+export const DEFER_POLL_MS = 1_000;
+
 /** Extra lease time past the run timeout, to cover the outcome commit. */
 export const LEASE_MARGIN_MS = 5_000;
 
@@ -260,10 +263,12 @@ async function _claimAndRun(
     if (lease !== null && lease.expiresAt > now) {
       // Someone holds the charm: a concurrent duplicate of this run, a run of
       // another slot, or a crashed process whose lease has not expired yet.
-      // Come back when it should be free; the duplicate check then decides.
+      // The same run comes back when the lease ends (the duplicate check then
+      // decides); another run polls every second, since the lease's end is a
+      // worst case and most runs take milliseconds.
       const waitMs = lease.run === run && lease.attempt === message.attempt
         ? lease.expiresAt - now + 100
-        : Math.min(Math.max(lease.expiresAt - now, 250), 5_000);
+        : Math.min(Math.max(lease.expiresAt - now, 250), DEFER_POLL_MS);
       const op = deps.queue.enqueue(kv.atomic(), message, {
         delayMs: waitMs,
         undeliveredKey: undeliveredKey(ref, run, message.attempt),

@@ -33,7 +33,7 @@ import { SPACE, waitFor } from "./test_deps.ts";
 const TIMEOUT_MS = 200;
 const INTERVAL_MS = 1_000;
 const COUNTERS = 8;
-const FLOOD_LINES = 12_000;
+const FLOOD_LINES = 10_000;
 
 const MODES = [
   "hang",

@@ -149,77 +149,98 @@ Deno.test("runCharm() loses no service counter increment across 200 concurrent r
   }
 });
 
-for (const driver of DRIVERS) {
-  Deno.test({
-    name:
-      `${driver.name} queue: 200 charms run at once and ${MANUAL_RUNS} manual runs of one charm each land exactly once`,
-    sanitizeOps: false,
-    sanitizeResources: false,
-    async fn() {
-      const kv = await Deno.openKv(":memory:");
-      const queue = driver.make(kv);
-      await using deps = await makeTestDeps({
-        kv,
-        queue,
-        semaphore: new Semaphore(5),
-      });
-      const listening = queue.listen(async (raw, delivery) =>
-        void await dispatch(deps, raw, delivery)
-      );
-      try {
-        const refs = await createCounters(deps, CHARMS);
-        const [hot] = refs as [CharmRef];
-        // One charm gets a burst of manual runs on top of its scheduled
-        // one: its lease serializes them; the losers defer and come back.
-        const burst = Array.from(
-          { length: MANUAL_RUNS },
-          (_, n) => manual(hot, n),
-        );
-        await enqueueAll(deps, [...refs.map(scheduled), ...burst]);
-
-        const total = CHARMS + MANUAL_RUNS;
-        await waitFor(
-          `${total} runs recorded`,
-          async () =>
-            (await readServiceState(kv)).totalCharmsProcessed === total,
-          120_000,
-        );
-
-        // Counters exact: nothing lost, nothing counted twice.
-        const service = await readServiceState(kv);
-        assert.equal(service.totalSuccesses, total);
-        assert.equal(service.totalFailures, 0);
-        assert.equal(service.deadLetters, 0);
-
-        // The hot charm: every run once, serialized, nothing left held.
-        const { state, count, lease } = await counterState(kv, hot);
-        assert.equal(count, MANUAL_RUNS + 1);
-        assert.equal(state.totalSuccesses, MANUAL_RUNS + 1);
-        assert.equal(state.totalAttempts, MANUAL_RUNS + 1);
-        assert.equal(lease, null);
-        const records = await runRecords(kv, hot);
-        assert.equal(records.size, MANUAL_RUNS + 1);
-        for (const [run, record] of records) {
-          assert.equal(record.state, "succeeded", run);
-          assert.equal(record.attempt, 1, run);
-        }
-
-        // Every other charm ran once.
-        for (const ref of refs.slice(1)) {
-          const other = await counterState(kv, ref);
-          assert.equal(other.count, 1, ref.charmId);
-          assert.equal(other.state.totalExecutions, 1, ref.charmId);
-          assert.equal(other.lease, null, ref.charmId);
-        }
-        assert.equal(deps.semaphore.inUse, 0);
-      } finally {
-        queue.stop?.();
-        kv.close();
-        await listening.catch(() => {});
-      }
-    },
+/**
+ * Through `driver` with a real listener: 200 charms' scheduled runs and a
+ * burst of manual runs of one of them, enqueued at once.
+ */
+async function _pressure(driver: (typeof DRIVERS)[number]): Promise<void> {
+  const kv = await Deno.openKv(":memory:");
+  const queue = driver.make(kv);
+  await using deps = await makeTestDeps({
+    kv,
+    queue,
+    semaphore: new Semaphore(5),
   });
+  const listening = queue.listen(async (raw, delivery) =>
+    void await dispatch(deps, raw, delivery)
+  );
+  try {
+    const refs = await createCounters(deps, CHARMS);
+    const [hot] = refs as [CharmRef];
+    // One charm gets a burst of manual runs on top of its scheduled
+    // one: its lease serializes them; the losers defer and come back.
+    const burst = Array.from(
+      { length: MANUAL_RUNS },
+      (_, n) => manual(hot, n),
+    );
+    await enqueueAll(deps, [...refs.map(scheduled), ...burst]);
+
+    const total = CHARMS + MANUAL_RUNS;
+    await waitFor(
+      `${total} runs recorded`,
+      async () => (await readServiceState(kv)).totalCharmsProcessed === total,
+      120_000,
+    );
+
+    // Counters exact: nothing lost, nothing counted twice.
+    const service = await readServiceState(kv);
+    assert.equal(service.totalSuccesses, total);
+    assert.equal(service.totalFailures, 0);
+    assert.equal(service.deadLetters, 0);
+
+    // The hot charm: every run once, serialized, nothing left held.
+    const { state, count, lease } = await counterState(kv, hot);
+    assert.equal(count, MANUAL_RUNS + 1);
+    assert.equal(state.totalSuccesses, MANUAL_RUNS + 1);
+    assert.equal(state.totalAttempts, MANUAL_RUNS + 1);
+    assert.equal(lease, null);
+    const records = await runRecords(kv, hot);
+    assert.equal(records.size, MANUAL_RUNS + 1);
+    for (const [run, record] of records) {
+      assert.equal(record.state, "succeeded", run);
+      assert.equal(record.attempt, 1, run);
+    }
+
+    // Every other charm ran once.
+    for (const ref of refs.slice(1)) {
+      const other = await counterState(kv, ref);
+      assert.equal(other.count, 1, ref.charmId);
+      assert.equal(other.state.totalExecutions, 1, ref.charmId);
+      assert.equal(other.lease, null, ref.charmId);
+    }
+    // Nothing left open anywhere: no run record short of final, no lease.
+    for await (const entry of kv.list<RunRecord>({ prefix: ["runs"] })) {
+      assert.equal(entry.value.state, "succeeded", entry.key.join("/"));
+    }
+    for await (const entry of kv.list({ prefix: ["charm_leases"] })) {
+      assert.fail(`lease left behind: ${entry.key.join("/")}`);
+    }
+    assert.equal(deps.semaphore.inUse, 0);
+  } finally {
+    queue.stop?.();
+    kv.close();
+    await listening.catch(() => {});
+  }
 }
+
+Deno.test({
+  name:
+    `both queues: 200 charms run at once and ${MANUAL_RUNS} manual runs of one charm each land exactly once`,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // The drivers run side by side: the deferrals' waits then overlap.
+    await Promise.all(
+      DRIVERS.map((driver) =>
+        _pressure(driver).catch((error) => {
+          throw new Error(`${driver.name} queue: ${error.message}`, {
+            cause: error,
+          });
+        })
+      ),
+    );
+  },
+});
 
 Deno.test("runCharm() runs again a run whose lease expired and went to another run", async () => {
   // Run A stalls past its lease (a blocked process); a run of the next slot
