@@ -40,6 +40,12 @@ export interface CharmState {
   lastExecuted: number | null;
   consecutiveFailures: number;
   lastError: string | null;
+  /**
+   * Why the fan-out passes this charm over, when it is for a reason of its
+   * own (its recipe lacks the integration's stream, say); `null` otherwise.
+   * Absent in states written before it existed.
+   */
+  skipReason?: string | null;
   lastErrorTimestamp: number | null;
   /** Slots finished: successes plus slots that failed for good. */
   totalExecutions: number;
@@ -74,6 +80,7 @@ export function initialCharmState(): CharmState {
     lastExecuted: null,
     consecutiveFailures: 0,
     lastError: null,
+    skipReason: null,
     lastErrorTimestamp: null,
     totalExecutions: 0,
     totalAttempts: 0,

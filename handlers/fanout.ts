@@ -207,10 +207,21 @@ export async function fanout(
     const op = kv.atomic().check(entry);
     let enqueued = 0;
     let skipped = 0;
+    const skipNotes: {
+      entry: Deno.KvEntryMaybe<CharmState>;
+      why: string | null;
+    }[] = [];
     page.charms.forEach((ref, i) => {
       const charm = entries[2 * i]?.value as Charm | null;
-      const state = entries[2 * i + 1]?.value as CharmState | null;
+      const stateEntry = entries[2 * i + 1] as Deno.KvEntryMaybe<CharmState>;
+      const state = stateEntry?.value ?? null;
       const why = _skipReason(deps, config, charm, state);
+      // A charm skipped for a reason of its own (not disabled or parked, which
+      // its state already says) shows why in its state; cleared once it runs.
+      const own = why !== null && !state?.disabled && !state?.needsReauth;
+      if (state !== null && (state.skipReason ?? null) !== (own ? why : null)) {
+        skipNotes.push({ entry: stateEntry, why: own ? why : null });
+      }
       if (why !== null) {
         skipped++;
         // Disabled and parked charms are routine (their transition was
@@ -256,6 +267,13 @@ export async function fanout(
     if (commit.ok) {
       result.enqueued += enqueued;
       result.skipped += skipped;
+    }
+    for (const note of skipNotes) {
+      // Best effort: a conflicting write (a run's outcome) wins; the next
+      // fan-out notes it again.
+      await kv.atomic().check(note.entry)
+        .set(note.entry.key, { ...note.entry.value!, skipReason: note.why })
+        .commit();
     }
     // On a conflict another delivery advanced the cursor: continue from there.
     entry = await kv.get<FanoutRecord>(key);

@@ -239,3 +239,31 @@ Deno.test("resumeInterruptedFanouts() finishes a cron fan-out a crash left runni
   );
   assert.deepEqual(await resumeInterruptedFanouts(t.deps), []);
 });
+
+Deno.test("fanout() shows why it skips an invalid charm in its state, and clears it", async () => {
+  const t = await setup({ integrationIds: ["gmail", "manual"] });
+  await using _deps = t.deps;
+  const [ref] = await t.addCharms(1);
+  // Registered with gmail behind the API's back: its recipe has no
+  // googleUpdater stream, so gmail's fan-out passes it over.
+  const { integrationCharmKey } = await import("../store/keys.ts");
+  await t.deps.kv.set(integrationCharmKey("gmail", ref!), { addedAt: TICK });
+  await fanout(t.deps, {
+    integration: "gmail",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "a",
+  });
+  const { getCharmSummary } = await import("../store/charms.ts");
+  let state = (await getCharmSummary(t.deps.kv, ref!))!.state;
+  assert.match(state.skipReason ?? "", /has no "googleUpdater" stream/);
+  // The manual fan-out runs it: the note goes.
+  await fanout(t.deps, {
+    integration: "manual",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "b",
+  });
+  state = (await getCharmSummary(t.deps.kv, ref!))!.state;
+  assert.equal(state.skipReason, null);
+});

@@ -21,6 +21,7 @@
  *
  * @module
  */
+import type { DidKey } from "../charm/did.ts";
 import { HTTPException } from "hono/http-exception";
 import type { Context, Hono } from "hono";
 import {
@@ -38,7 +39,7 @@ import { countRecentRuns, type RecentRuns } from "../store/recent_runs.ts";
 import type { QueueDepth } from "../queue/queue.ts";
 import { readServiceState, type ServiceState } from "../store/service_state.ts";
 import type { AppEnv, AppOptions } from "./app.ts";
-import { authenticate, type Principal, requireOperator } from "./auth.ts";
+import { authenticate, type Principal, requireSpace } from "./auth.ts";
 import { enqueueManualRun, setDisabledByHand } from "./charm_actions.ts";
 import { type Health, readHealth } from "./health.ts";
 
@@ -108,7 +109,12 @@ export function registerDashboard(
       space: _field("space", parseDidKey, c.req.param("space")),
       charmId: _field("charmId", parseCharmId, c.req.param("charmId")),
     };
-    requireOperator(principal, `${action} ${formatCharmRef(ref)}`);
+    await requireSpace(
+      deps.kv,
+      principal,
+      ref.space,
+      `${action} ${formatCharmRef(ref)}`,
+    );
     let notice: Notice;
     try {
       notice = {
@@ -190,6 +196,11 @@ async function _page(
       readServiceState(deps.kv),
       countRecentRuns(deps.kv, nowMs - 3_600_000),
     ]);
+    if (principal.kind === "identity") {
+      // A space holder sees the charms of their own space.
+      ({ charms: data.charms, truncated: data.charmsTruncated } =
+        await _charmsForTable(deps.kv, principal.did));
+    }
     if (principal.kind === "operator") {
       ({ charms: data.charms, truncated: data.charmsTruncated } =
         await _charmsForTable(deps.kv));
@@ -231,7 +242,23 @@ async function _page(
  */
 async function _charmsForTable(
   kv: Deno.Kv,
+  space?: DidKey,
 ): Promise<{ charms: CharmSummary[]; truncated: boolean }> {
+  if (space !== undefined) {
+    const page = await listCharms(kv, { space, limit: DASHBOARD_MAX_CHARMS });
+    const rank = (c: CharmSummary) =>
+      c.status === "failing"
+        ? 0
+        : c.status === "ok"
+        ? 3
+        : c.status === "disabled"
+        ? 1
+        : 2;
+    return {
+      charms: page.charms.sort((a, b) => rank(a) - rank(b)),
+      truncated: page.cursor !== null,
+    };
+  }
   const order: CharmStatus[] = [
     ...CHARM_STATUSES.filter((s) => s === "failing"),
     ...CHARM_STATUSES.filter((s) => s === "disabled"),
@@ -417,12 +444,12 @@ function _accessSection(
     `;
   }
   const who = principal.kind === "identity"
-    ? html`<p>Signed in as ${principal.did}: the charm table is for the operator; use the API with <code>?space=</code> for your own charms.</p>`
+    ? html`<p id="signed-in-as">Signed in as ${principal.did}: the charms of your space.</p>`
     : html``;
   return html`<section class="access">
   ${who}
   <form id="token-form" method="post" action="/">
-    <label>Operator token <input type="password" name="token" autocomplete="current-password" required></label>
+    <label>Token (the operator's, or your space's from <code>deno task charms token</code>) <input type="password" name="token" autocomplete="current-password" required></label>
     <button type="submit">Show charms</button>
   </form>
   <p class="hint">The token is kept in this tab's session storage (with JavaScript) and sent only to this service.</p>

@@ -142,12 +142,18 @@ Deno.test("with an admin token, GET / shows the public view and a token form unt
   assert.doesNotMatch(viaHeader.text, /name="token"/);
   assert.match(viaHeader.text, /data-token-mode="admin-token"/);
 
-  // A space's own token is not the operator: no charm table.
-  const space = await h.tokenFor(await spaceIdentity());
+  // A space's own token is not the operator: it sees its own space's charms.
+  const holder = await spaceIdentity();
+  const space = await h.tokenFor(holder);
   const asSpace = await _page(h, {
     headers: { authorization: `Bearer ${space}` },
   });
-  assert.doesNotMatch(asSpace.text, /data-charm=/);
+  assert.match(asSpace.text, /data-token-mode="none"/);
+  if (holder.did === SPACE) {
+    assert.match(asSpace.text, /data-charm="[^"]+\/c1"/);
+  } else {
+    assert.doesNotMatch(asSpace.text, /data-charm=/);
+  }
 
   // A wrong token is refused.
   const wrong = await _page(h, { headers: { authorization: "Bearer nope" } });
@@ -297,4 +303,45 @@ Deno.test("GET / shows the kv queue's backlog to the operator", async () => {
   assert.match(page, /id="queue-due">1</);
   const publicPage = await (await h.app.request("/")).text();
   assert.doesNotMatch(publicPage, /queue-driver/);
+});
+
+Deno.test("GET / shows a space holder their own space's charms, and only those", async () => {
+  const { spaceIdentity, otherSpaceIdentity } = await import(
+    "./test_harness.ts"
+  );
+  await using h = await harness({ adminToken: ADMIN_TOKEN });
+  const mine = await spaceIdentity();
+  const other = await otherSpaceIdentity();
+  await createCounter(h, "mine-1", mine.did, OPERATOR);
+  await createCounter(h, "theirs-1", other.did, OPERATOR);
+  const token = await h.tokenFor(mine);
+  const page = await (await h.app.request("/", {
+    headers: { authorization: `Bearer ${token}` },
+  })).text();
+  assert.match(page, /id="signed-in-as"/);
+  assert.match(page, /mine-1/);
+  assert.doesNotMatch(page, /theirs-1/);
+  // Without JavaScript: a form with the token acts on their own charm only.
+  const form = (charmSpace: string, charmId: string) =>
+    h.app.request(
+      `http://127.0.0.1:8000/dashboard/charms/${charmSpace}/${charmId}/disable`,
+      {
+        method: "POST",
+        headers: {
+          origin: "http://127.0.0.1:8000",
+          host: "127.0.0.1:8000",
+          "content-type": "application/x-www-form-urlencoded",
+        },
+        body: new URLSearchParams({ token }).toString(),
+      },
+    );
+  assert.equal((await form(mine.did, "mine-1")).status, 200);
+  assert.equal((await form(other.did, "theirs-1")).status, 403);
+  const theirs = await (await h.call(
+    "GET",
+    `/api/charms/${other.did}/theirs-1`,
+    undefined,
+    OPERATOR,
+  )).json();
+  assert.equal(theirs.status, "ok");
 });
