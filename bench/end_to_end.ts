@@ -38,11 +38,6 @@ export interface EndToEndOptions {
   /** Longest wait for the runs, ms. */
   timeoutMs: number;
   /**
-   * The listener's dispatcher (default `handlers/dispatch.ts` `dispatch`);
-   * a prototype can be measured in its place.
-   */
-  dispatch?: typeof dispatch;
-  /**
    * How the charms are created: `store` (`createCharm` + `registerCharm`,
    * about 1,000/s on a file) or `batched` (the same records, 100 per commit;
    * see `bench/seed.ts`). Default: `store` up to
@@ -121,9 +116,8 @@ export async function endToEnd(
   const worker = options.processes === 2
     ? await _startWorker(store.path, options, fanoutAt)
     : null;
-  const handle = options.dispatch ?? dispatch;
   const listening = queue.listen((raw, delivery) =>
-    handle(deps, raw, delivery).then(() => {})
+    dispatch(deps, raw, delivery).then(() => {})
   );
 
   try {

@@ -8,7 +8,11 @@
  *
  * Measurements: `baseline <file|memory> <messages>`, `e2e <native|kv>
  * <file|memory> <charms>`, `fanout <charms>` (in this process, not a
- * subprocess, so the profile sees it).
+ * subprocess, so the profile sees it). Each prints its result as JSON.
+ *
+ * To measure a change to core code without touching the tree, copy the
+ * repository, apply it there (e.g. `patch -p1 <
+ * bench/prototypes/run_charm_one_read.patch`) and run this file in the copy.
  *
  * @module
  */
@@ -35,14 +39,7 @@ if (import.meta.main) {
     const r = await queueBaseline(kindOf(rest[0]), Number(rest[1]), 600_000);
     console.log(JSON.stringify(r));
   } else if (what === "e2e") {
-    // `native+one-read` runs the prototype of bench/prototypes/.
-    const prototypes = await import("./prototypes/dispatch_one_read.ts");
-    const prototype = rest[0]?.endsWith("+one-read")
-      ? prototypes.dispatchOneRead
-      : rest[0]?.endsWith("+one-commit")
-      ? prototypes.dispatchOneCommit
-      : undefined;
-    const driver = rest[0]?.startsWith("kv")
+    const driver = rest[0] === "kv"
       ? await loadKvDriver()
       : await loadNativeDriver();
     if (!isDriver(driver)) throw new Error(driver.reason);
@@ -53,7 +50,6 @@ if (import.meta.main) {
       maxConcurrent: Number(Deno.env.get("BENCH_MAX_CONCURRENT") ?? 5),
       processes: 1,
       timeoutMs: 600_000,
-      ...(prototype ? { dispatch: prototype } : {}),
       // Batched, so a profile holds little beyond the measured runs.
       seeding: "batched",
     });
