@@ -152,7 +152,10 @@ export async function runCharm(
     attempt: message.attempt,
   });
 
-  const early = await _checkDuplicate(deps, ref, run, message);
+  // One read of everything the run needs, reused by the claim: KV round
+  // trips bound throughput (docs/benchmarks.md).
+  const read = await _readRun(deps.kv, ref, run);
+  const early = await _checkDuplicate(deps, ref, message, read);
   if (early !== null) {
     if (early === "duplicate") log.debug("Dropped a duplicate delivery");
     return early;
@@ -160,22 +163,46 @@ export async function runCharm(
 
   const release = await deps.semaphore.acquire();
   try {
-    return await _claimAndRun(deps, ref, run, message, log, delivery);
+    return await _claimAndRun(deps, ref, run, message, log, delivery, read);
   } finally {
     release();
   }
 }
 
+/** The charm, its state, lease, run record and cells, read at once. */
+type RunRead = [
+  Deno.KvEntryMaybe<Charm>,
+  Deno.KvEntryMaybe<CharmState>,
+  Deno.KvEntryMaybe<Lease>,
+  Deno.KvEntryMaybe<RunRecord>,
+  Deno.KvEntryMaybe<unknown>,
+  Deno.KvEntryMaybe<unknown>,
+];
+
+async function _readRun(
+  kv: Deno.Kv,
+  ref: CharmRef,
+  run: string,
+): Promise<RunRead> {
+  return await kv.getMany<
+    [Charm, CharmState, Lease, RunRecord, unknown, unknown]
+  >([
+    charmKey(ref),
+    charmStateKey(ref),
+    charmLeaseKey(ref),
+    runKey(ref, run),
+    cellKey(ref, "argument"),
+    cellKey(ref, "result"),
+  ]) as RunRead;
+}
+
 async function _checkDuplicate(
   deps: ServiceDeps,
   ref: CharmRef,
-  run: string,
   message: RunMessage,
+  read: RunRead,
 ): Promise<RunOutcome | null> {
-  const [charm, record] = await deps.kv.getMany<[Charm, RunRecord]>([
-    charmKey(ref),
-    runKey(ref, run),
-  ]);
+  const [charm, , , record] = read;
   if (charm.value === null) {
     await writeDeadLetter(
       deps.kv,
@@ -205,17 +232,22 @@ async function _claimAndRun(
   message: RunMessage,
   log: Logger,
   delivery: Delivery,
+  firstRead: RunRead,
 ): Promise<RunOutcome> {
   const { kv, policy } = deps;
+  let read: RunRead | null = firstRead;
   for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
-    const [charmEntry, stateEntry, leaseEntry, recordEntry] = await kv.getMany<
-      [Charm, CharmState, Lease, RunRecord]
-    >([
-      charmKey(ref),
-      charmStateKey(ref),
-      charmLeaseKey(ref),
-      runKey(ref, run),
-    ]);
+    // A stale first read only makes the claim's checks fail: then re-read.
+    read ??= await _readRun(kv, ref, run);
+    const [
+      charmEntry,
+      stateEntry,
+      leaseEntry,
+      recordEntry,
+      argEntry,
+      resEntry,
+    ] = read;
+    read = null;
     const charm = charmEntry.value;
     if (charm === null) {
       await writeDeadLetter(
@@ -292,9 +324,16 @@ async function _claimAndRun(
       state: "running",
       startedAt: now,
     };
+    // Everything was read with one getMany, maybe before the permit: the
+    // claim checks the state and the cells unchanged too, so the run starts
+    // from what the lease now protects (a disable meanwhile is seen on the
+    // re-read, and the run skipped).
     const claim = await kv.atomic()
       .check(leaseEntry)
       .check(recordEntry)
+      .check(stateEntry)
+      .check(argEntry)
+      .check(resEntry)
       .set(charmLeaseKey(ref), newLease)
       .set(runKey(ref, run), running, {
         expireIn: runRecordTtlMs(policy.intervalMs),
@@ -303,7 +342,10 @@ async function _claimAndRun(
     if (!claim.ok) continue;
 
     log.debug("Started run of {charm}", { charm: formatCharmRef(ref) });
-    const execution = await _execute(deps, charm, message, log);
+    const execution = await _execute(deps, charm, message, log, [
+      argEntry,
+      resEntry,
+    ]);
     if (!execution.ok && deps.shutdownSignal.aborted) {
       // Not the charm's fault: release the charm and let the redelivery run it.
       await kv.atomic()
@@ -327,6 +369,15 @@ async function _claimAndRun(
       execution,
       log,
       delivery,
+      {
+        charm,
+        lease: {
+          key: charmLeaseKey(ref),
+          value: newLease,
+          versionstamp: claim.versionstamp,
+        },
+        state: stateEntry,
+      },
     );
   }
   throw new Error(
@@ -364,6 +415,7 @@ async function _execute(
   charm: Charm,
   message: RunMessage,
   log: Logger,
+  cellsRead: [Deno.KvEntryMaybe<unknown>, Deno.KvEntryMaybe<unknown>],
 ): Promise<Execution> {
   const started = deps.now();
   const fail = (error: unknown): Execution => ({
@@ -438,12 +490,14 @@ async function _execute(
       : undefined;
     // A `prepare` that outlived the deadline must not start the handler.
     controller.signal.throwIfAborted();
-    const [argumentEntry, resultEntry] = await deps.kv.getMany<
-      [unknown, unknown]
-    >([
-      cellKey(ref, "argument"),
-      cellKey(ref, "result"),
-    ]);
+    // The cells read with the claim, unless `prepare` ran (it may rewrite
+    // the argument: a refreshed token).
+    const [argumentEntry, resultEntry] = integration?.prepare
+      ? await deps.kv.getMany<[unknown, unknown]>([
+        cellKey(ref, "argument"),
+        cellKey(ref, "result"),
+      ])
+      : cellsRead;
     // Secret fields are sealed in KV; the handler sees them in plaintext.
     const [storedArgument, storedResult] = await Promise.all([
       decodeCell(deps.secrets, recipe, ref, "argument", argumentEntry.value),
@@ -562,12 +616,15 @@ async function _record(
   execution: Execution,
   log: Logger,
   delivery: Delivery,
+  claimed: {
+    charm: Charm;
+    lease: Deno.KvEntry<Lease>;
+    state: Deno.KvEntryMaybe<CharmState>;
+  },
 ): Promise<RunOutcome> {
   const { kv, policy } = deps;
-  const charmEntry = await kv.get<Charm>(charmKey(ref));
-  const recipe = charmEntry.value
-    ? deps.recipes.get(charmEntry.value.recipe)
-    : undefined;
+  // The charm as the claim read it (its recipe cannot change).
+  const recipe = deps.recipes.get(claimed.charm.recipe);
   if (execution.ok) {
     const invalid = _checkCells(recipe, execution.cells);
     if (invalid !== null) {
@@ -593,11 +650,17 @@ async function _record(
     }
   }
 
+  // The first commit checks the lease the claim wrote and the state the
+  // claim read; only a conflict costs a read.
+  let known: [Deno.KvEntryMaybe<Lease>, Deno.KvEntryMaybe<CharmState>] | null =
+    [claimed.lease, claimed.state];
   for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
-    const [leaseEntry, stateEntry] = await kv.getMany<[Lease, CharmState]>([
-      charmLeaseKey(ref),
-      charmStateKey(ref),
-    ]);
+    const [leaseEntry, stateEntry] = known ??
+      await kv.getMany<[Lease, CharmState]>([
+        charmLeaseKey(ref),
+        charmStateKey(ref),
+      ]);
+    known = null;
     if (leaseEntry.versionstamp !== leaseVersionstamp) {
       // The lease expired mid-run (a stalled process) and another delivery
       // took it. If that was a redelivery of this run, it records the

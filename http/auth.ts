@@ -106,7 +106,7 @@ export async function authenticate(
   const token = match[1]!;
   if (
     options.adminToken !== null &&
-    (await timingSafeEqual(token, options.adminToken))
+    (await _isAdminToken(token, options.adminToken))
   ) {
     return { kind: "operator", via: "admin-token" };
   }
@@ -246,16 +246,41 @@ export function missingToken(): UnauthenticatedError {
  * hashed first, so the comparison runs over equal-length digests.
  */
 export async function timingSafeEqual(a: string, b: string): Promise<boolean> {
-  const encoder = new TextEncoder();
-  const [da, db] = await Promise.all([
-    crypto.subtle.digest("SHA-256", encoder.encode(a)),
-    crypto.subtle.digest("SHA-256", encoder.encode(b)),
-  ]);
+  const [da, db] = await Promise.all([_sha256(a), _sha256(b)]);
+  return _equalDigests(da, db);
+}
+
+function _equalDigests(da: ArrayBuffer, db: ArrayBuffer): boolean {
   const x = new Uint8Array(da);
   const y = new Uint8Array(db);
   let diff = 0;
   for (let i = 0; i < x.length; i++) diff |= x[i]! ^ y[i]!;
   return diff === 0;
+}
+
+function _sha256(text: string): Promise<ArrayBuffer> {
+  return crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+}
+
+// The configured token's digest is the same on every request: hashing it
+// each time was half the server's busy time on cheap routes
+// (docs/benchmarks.md). Only the last one is kept.
+let _adminDigestCache: { token: string; digest: Promise<ArrayBuffer> } | null =
+  null;
+
+/** `timingSafeEqual(token, adminToken)`, hashing the admin token once. */
+async function _isAdminToken(
+  token: string,
+  adminToken: string,
+): Promise<boolean> {
+  if (_adminDigestCache?.token !== adminToken) {
+    _adminDigestCache = { token: adminToken, digest: _sha256(adminToken) };
+  }
+  const [da, db] = await Promise.all([
+    _sha256(token),
+    _adminDigestCache.digest,
+  ]);
+  return _equalDigests(da, db);
 }
 
 function _looksLikeJws(token: string): boolean {
