@@ -20,6 +20,7 @@ import {
   makeTestDeps,
   manualTimers,
   recordingQueue,
+  runMessageFor,
   SPACE,
   type TestDepsOptions,
 } from "../test/test_deps.ts";
@@ -39,18 +40,7 @@ function runMessage(
   ref: CharmRef,
   overrides: Partial<RunMessage> = {},
 ): RunMessage {
-  return {
-    type: "run",
-    v: 1,
-    space: ref.space,
-    charmId: ref.charmId,
-    integration: "manual",
-    kind: "scheduled",
-    slot: SLOT,
-    attempt: 1,
-    enqueuedAt: SLOT,
-    ...overrides,
-  };
+  return runMessageFor(ref, SLOT, overrides);
 }
 
 async function setup(

@@ -26,7 +26,13 @@ import {
   undeliveredKey,
 } from "../store/keys.ts";
 import { readServiceState } from "../store/service_state.ts";
-import { makeTestDeps, recordingQueue, SPACE, waitFor } from "./test_deps.ts";
+import {
+  makeTestDeps,
+  recordingQueue,
+  runMessageFor,
+  SPACE,
+  waitFor,
+} from "./test_deps.ts";
 
 const CHARMS = 200;
 const MANUAL_RUNS = 30;
@@ -47,17 +53,7 @@ const DRIVERS: { name: string; make(kv: Deno.Kv): QueueDriver }[] = [
 ];
 
 function scheduled(ref: CharmRef): RunMessage {
-  return {
-    type: "run",
-    v: 1,
-    space: ref.space,
-    charmId: ref.charmId,
-    integration: "manual",
-    kind: "scheduled",
-    slot: SLOT,
-    attempt: 1,
-    enqueuedAt: SLOT,
-  };
+  return runMessageFor(ref, SLOT);
 }
 
 function manual(ref: CharmRef, n: number): RunMessage {

@@ -12,6 +12,7 @@ import { deriveSecretKey, type SecretKeys } from "../lib/secrets.ts";
 import { Semaphore } from "../lib/semaphore.ts";
 import { nativeQueue } from "../queue/native_queue.ts";
 import { RECIPES } from "../recipes/mod.ts";
+import type { CharmRef } from "../charm/charm.ts";
 import type { Message } from "../handlers/messages.ts";
 import type { QueueDriver } from "../queue/queue.ts";
 import type {
@@ -200,4 +201,24 @@ export async function waitFor<T>(
   throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`, {
     cause: lastError,
   });
+}
+
+/** A scheduled run message of `ref` for `slot`, first attempt, by `manual`. */
+export function runMessageFor(
+  ref: CharmRef,
+  slot: number,
+  overrides: Partial<Message> = {},
+): Message {
+  return {
+    type: "run",
+    v: 1,
+    space: ref.space,
+    charmId: ref.charmId,
+    integration: "manual",
+    kind: "scheduled",
+    slot,
+    attempt: 1,
+    enqueuedAt: slot,
+    ...overrides,
+  };
 }

@@ -33,6 +33,7 @@ import {
   makeTestDeps,
   manualTimers,
   recordingQueue,
+  runMessageFor,
   SPACE,
   waitFor,
 } from "./test_deps.ts";
@@ -116,17 +117,7 @@ async function setup(
     record,
     async runSlot(deliver = (message) => runCharm(deps, message)) {
       const steps: Step[] = [];
-      let next: RunMessage | undefined = {
-        type: "run",
-        v: 1,
-        space: ref.space,
-        charmId: ref.charmId,
-        integration: "manual",
-        kind: "scheduled",
-        slot: SLOT,
-        attempt: 1,
-        enqueuedAt: SLOT,
-      };
+      let next: RunMessage | undefined = runMessageFor(ref, SLOT);
       while (next !== undefined) {
         assert.ok(steps.length < 20, "the slot never settles");
         const outcome = await deliver(next);
