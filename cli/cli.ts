@@ -19,6 +19,7 @@ import {
   usageError,
 } from "./client.ts";
 import { formatPairs, formatTable } from "./table.ts";
+import { describeParseArgsError } from "../lib/parse_args_error.ts";
 
 /** What the CLI reads and writes, injected for tests. */
 export interface CliIo {
@@ -179,7 +180,7 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
     try {
       parsed = _parse(args);
     } catch (error) {
-      throw usageError(_describeParseError(error));
+      throw usageError(describeParseArgsError(error));
     }
     const { values, positionals } = parsed;
     const [command, ...rest] = positionals;
@@ -236,21 +237,6 @@ function _parse(args: string[]) {
     strict: true,
     allowPositionals: true,
   });
-}
-
-function _describeParseError(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  const unknown = message.match(/Unknown option '([^']+)'/);
-  if (unknown) return `${unknown[1]}: unknown option; see --help`;
-  const missing = message.match(
-    /Option '(?:-\w, )?(--[\w-]+) <value>' argument missing/,
-  );
-  if (missing) return `${missing[1]}: missing value; use ${missing[1]}=<value>`;
-  const boolValue = message.match(
-    /Option '(?:-\w, )?(--[\w-]+)' does not take an argument/,
-  );
-  if (boolValue) return `${boolValue[1]}: takes no value`;
-  return message.split("\n")[0] ?? "invalid arguments";
 }
 
 function _env(io: CliIo, name: string): string | undefined {

@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { type CharmRef, parseCharmRef } from "../charm/charm.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { parseHostList } from "../lib/net_guard.ts";
+import { describeParseArgsError } from "../lib/parse_args_error.ts";
 
 /** Log levels accepted by `LOG_LEVEL`. */
 export const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
@@ -178,7 +179,7 @@ export function loadConfig(
   try {
     values = _parse(args).values;
   } catch (error) {
-    throw new ConfigError(_describeParseError(error));
+    throw new ConfigError(describeParseArgsError(error));
   }
   const pick = (flag: keyof typeof FLAGS, envName: string | null) => {
     const fromFlag = values[flag];
@@ -381,27 +382,6 @@ function _parse(args: readonly string[]) {
     strict: true,
     allowPositionals: false,
   });
-}
-
-function _describeParseError(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  const unknown = message.match(/Unknown option '([^']+)'/);
-  if (unknown) return `${unknown[1]}: unknown option; see --help`;
-  const positional = message.match(/Unexpected argument '([^']+)'/);
-  if (positional) {
-    return `"${
-      positional[1]
-    }": unexpected argument; options look like --name=value, see --help`;
-  }
-  const missing = message.match(
-    /Option '(?:-\w, )?(--[\w-]+) <value>' argument missing/,
-  );
-  if (missing) return `${missing[1]}: missing value; use ${missing[1]}=<value>`;
-  const boolValue = message.match(
-    /Option '(?:-\w, )?(--[\w-]+)' does not take an argument/,
-  );
-  if (boolValue) return `${boolValue[1]}: takes no value`;
-  return message.split("\n")[0] ?? "invalid arguments";
 }
 
 type Source = { value: string; name: string } | null;

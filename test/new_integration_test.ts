@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { integrationFiles, renderManifest } from "../scripts/gen_manifest.ts";
+import { startService } from "./service_process.ts";
 import { SPACE, waitFor } from "./test_deps.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -59,11 +60,15 @@ Deno.test({
       assert.match(init.output, /^probe: created the charm registry$/m);
       assert.match(init.output, /^probe: PROBE_TOKEN not set$/m);
 
-      await using service = await _serve(dir, [
-        "--integration=probe",
-        "--interval=1",
-        "--log-interval=3600",
-      ], { KV_PATH: `${dir}/kv.sqlite3` });
+      await using service = await startService(
+        [
+          "--integration=probe",
+          "--interval=1",
+          "--log-interval=3600",
+        ],
+        { KV_PATH: `${dir}/kv.sqlite3` },
+        { cwd: dir },
+      );
       const post = (path: string, body: unknown) =>
         fetch(`${service.url}${path}`, {
           method: "POST",
@@ -127,43 +132,4 @@ async function _deno(
     code,
     output: decoder.decode(stdout) + decoder.decode(stderr),
   };
-}
-
-/** Starts the copy's `main.ts`; dispose to stop it. */
-async function _serve(
-  cwd: string,
-  args: string[],
-  env: Record<string, string>,
-): Promise<{ url: string } & AsyncDisposable> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd,
-    env: { NO_COLOR: "1", HOST: "127.0.0.1", PORT: "0", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let text = "";
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      text += chunk;
-    }
-  };
-  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  let exited = false;
-  const status = child.status.then(() => (exited = true));
-  const stop = async () => {
-    if (!exited) child.kill("SIGKILL");
-    await status;
-    await pumps;
-  };
-  try {
-    const url = await waitFor("the copied service to listen", () => {
-      if (exited) throw new Error(`the service exited:\n${text}`);
-      return /Listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(text)?.[1];
-    });
-    return { url, [Symbol.asyncDispose]: stop };
-  } catch (error) {
-    await stop();
-    throw error;
-  }
 }

@@ -59,9 +59,13 @@ export async function runMain(
 export async function startService(
   args: string[],
   env: Record<string, string>,
+  options: { cwd?: string } = {},
 ): Promise<ServiceProcess> {
+  // With `cwd`, the `main.ts` of that tree (a copy of the project) runs.
+  const main = options.cwd === undefined ? MAIN : "main.ts";
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", ...SERVICE_PERMISSIONS, MAIN, ...args],
+    args: ["run", ...SERVICE_PERMISSIONS, main, ...args],
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
     env: { NO_COLOR: "1", HOST: "127.0.0.1", PORT: "0", ...env },
     stdout: "piped",
     stderr: "piped",
