@@ -23,33 +23,32 @@ import {
   reencryptSecrets,
 } from "./store/cell_codec.ts";
 
-const env = Deno.env.toObject();
-let config: Config;
-try {
-  config = loadConfig(Deno.args, env, INTEGRATIONS.map((i) => i.id));
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error;
-  console.error(`error: ${error.message}`);
-  Deno.exit(2);
+/** Runs a startup step; a `ConfigError` exits 2 with its one line. */
+async function orExit<T>(step: () => T | Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(`error: ${error.message}`);
+    Deno.exit(2);
+  }
 }
+
+const env = Deno.env.toObject();
+const config: Config = await orExit(() =>
+  loadConfig(Deno.args, env, INTEGRATIONS.map((i) => i.id))
+);
 if (config.help) {
   console.log(usage(INTEGRATIONS));
   Deno.exit(0);
 }
 const deployed = isDeployed(env);
 // The keys sealing secret cell fields (OAuth tokens) in KV.
-let secrets: SecretKeys | null;
-try {
-  secrets = await loadSecretKeys(env);
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error;
-  console.error(`error: ${error.message}`);
-  Deno.exit(2);
-}
+const secrets: SecretKeys | null = await orExit(() => loadSecretKeys(env));
 
 await setupLogging(config.logLevel);
 const log = logger("main");
-const kv = await openServiceKv(config.kvPath);
+const kv = await orExit(() => openServiceKv(config.kvPath));
 const ownerId = crypto.randomUUID();
 const queueChoice = chooseQueue(config, env);
 log.info("Queue driver: {driver} ({reason})", {
@@ -85,14 +84,7 @@ if (config.initialize) {
 }
 
 // The operator identity: the service's DID, the audience of identity tokens.
-let identity: Awaited<ReturnType<typeof loadIdentity>>;
-try {
-  identity = await loadIdentity(env);
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error;
-  console.error(`error: ${error.message}`);
-  Deno.exit(2);
-}
+const identity = await orExit(() => loadIdentity(env));
 const service = createService(config, {
   kv,
   queue: createQueue(kv, queueChoice, config, ownerId),

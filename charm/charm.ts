@@ -100,7 +100,8 @@ export function charmStatus(state: CharmState): CharmStatus {
   return state.consecutiveFailures > 0 ? "failing" : "ok";
 }
 
-const CHARM_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+/** What a charm id looks like (the API and the queue messages check it). */
+export const CHARM_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 /**
  * Checks a charm id: 1 to 128 characters of letters, digits, `.`, `_`, `:`

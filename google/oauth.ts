@@ -141,11 +141,12 @@ async function _refreshAtTokenEndpoint(
         { cause: error },
       );
     }
+    // No `cause`: oauth4webapi attaches the whole reply to it, tokens and
+    // all, and a cause is one `{error}` log away from the log.
     throw new Error(
       `${action}: the token endpoint's reply is malformed (${response.status}): ${
         toError(error).message
       }`,
-      { cause: error },
     );
   }
   const expiresIn = body.expires_in ?? DEFAULT_EXPIRES_IN_S;

@@ -21,7 +21,7 @@ export class GoogleSession {
   readonly #deps: FreshAuthDeps;
   readonly #ref: CharmRef;
   #auth: GoogleAuth;
-  #refreshedAfter401 = false;
+  #refresh: Promise<unknown> | null = null;
 
   /** Use {@linkcode openGoogleSession}. */
   constructor(deps: FreshAuthDeps, ref: CharmRef, auth: GoogleAuth) {
@@ -46,28 +46,41 @@ export class GoogleSession {
   }
 
   /**
-   * GETs `url` with the access token and the run's signal; on the run's first
-   * 401, refreshes the token and sends it once more.
+   * GETs `url` with the access token and the run's signal; on a 401,
+   * refreshes the token once per run (requests in flight at the same time
+   * share that refresh) and sends the request once more with the new token.
    */
   async get(url: string): Promise<Response> {
-    const response = await this.#send(url);
-    if (response.status !== 401 || this.#refreshedAfter401) return response;
+    const sent = this.#auth.token;
+    const response = await this.#send(url, sent);
+    if (response.status !== 401) return response;
+    this.#refresh ??= freshGoogleAuth(this.#deps, this.#ref, {
+      rejectedToken: sent,
+    }).then((auth) => (this.#auth = auth));
+    await this.#refresh;
+    // Refused again after the refresh: the caller sees that 401.
+    if (this.#auth.token === sent) return response;
     await response.body?.cancel();
-    this.#refreshedAfter401 = true;
-    this.#auth = await freshGoogleAuth(this.#deps, this.#ref, {
-      rejectedToken: this.#auth.token,
-    });
-    return await this.#send(url);
+    return await this.#send(url, this.#auth.token);
   }
 
-  #send(url: string): Promise<Response> {
-    return this.#deps.fetch(url, {
-      headers: {
-        authorization: `Bearer ${this.#auth.token}`,
-        accept: "application/json",
-      },
-      signal: this.#deps.signal,
-    });
+  async #send(url: string, token: string): Promise<Response> {
+    try {
+      return await this.#deps.fetch(url, {
+        headers: {
+          authorization: `Bearer ${token}`,
+          accept: "application/json",
+        },
+        signal: this.#deps.signal,
+      });
+    } catch (error) {
+      if (this.#deps.signal.aborted) throw error;
+      // Not the URL: its query carries sync and page tokens.
+      throw new Error(
+        `Cannot reach Google at ${new URL(url).origin} for charm ${this.charm}`,
+        { cause: error },
+      );
+    }
   }
 }
 

@@ -162,8 +162,12 @@ export async function fanout(
     };
     const claim = await kv.atomic().check(entry)
       .set(key, record, { expireIn: FANOUT_RECORD_TTL_MS }).commit();
-    if (claim.ok) result.claimed = true;
-    entry = await kv.get<FanoutRecord>(key);
+    if (claim.ok) {
+      result.claimed = true;
+      entry = { key, value: record, versionstamp: claim.versionstamp };
+    } else {
+      entry = await kv.get<FanoutRecord>(key);
+    }
   }
   if (entry.value?.state !== "running") {
     log.debug("Fan-out already done by another delivery");
@@ -276,7 +280,9 @@ export async function fanout(
         .commit();
     }
     // On a conflict another delivery advanced the cursor: continue from there.
-    entry = await kv.get<FanoutRecord>(key);
+    entry = commit.ok
+      ? { key, value: next, versionstamp: commit.versionstamp }
+      : await kv.get<FanoutRecord>(key);
   }
   log.info(
     "Fan-out enqueued {enqueued} runs over {slots} slot(s), skipped {skipped} charms",

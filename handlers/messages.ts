@@ -6,9 +6,10 @@
  * @module
  */
 import { z } from "zod";
+import { CHARM_ID_PATTERN } from "../charm/charm.ts";
 import { isDidKey } from "../charm/did.ts";
 
-const charmIdSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, {
+const charmIdSchema = z.string().regex(CHARM_ID_PATTERN, {
   error: "must be 1-128 letters, digits, '.', '_', ':' or '-'",
 });
 

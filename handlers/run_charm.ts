@@ -2,17 +2,20 @@
  * The run handler: runs one charm for one slot, exactly once in its effects.
  *
  * The steps, and why each is there:
- * 1. **Duplicate check.** A run is keyed by (charm, integration, slot) or a
- *    manual run id. A finished run, or a delivery of an older attempt than the
- *    one recorded, is dropped: the queue delivers at least once.
+ * 1. **Read once and check for a duplicate.** One `getMany` reads the charm,
+ *    its state, lease, run record and cells; the steps below reuse it. A run
+ *    is keyed by (charm, integration, slot) or a manual run id. A finished
+ *    run, or a delivery of an older attempt than the one recorded, is
+ *    dropped: the queue delivers at least once.
  * 2. **Permit.** `--max-concurrent` runs execute at once in this process.
  * 3. **Claim.** One atomic commit takes the per-charm lease (so two runs of a
  *    charm never overlap, across processes) and marks the run `running`. A
  *    live lease held by someone else defers this delivery until it expires:
  *    that covers both a concurrent duplicate and a crashed holder.
- * 4. **Execute** the integration's `prepare` (a token refresh, say), then read
- *    the cells and run the recipe's stream, all under an `AbortSignal` that
- *    fires at the timeout. Cell writes are buffered in the context.
+ * 4. **Execute** the integration's `prepare` (a token refresh, say), then the
+ *    recipe's stream with the cells (read again only if `prepare` ran: it may
+ *    rewrite the argument), all under an `AbortSignal` that fires at the
+ *    timeout. Cell writes are buffered in the context.
  * 5. **Record** the outcome in one atomic commit that checks the lease is
  *    still ours: the cells (success only), the charm state and its indexes,
  *    the run record, the service counters, the lease release, and for a
@@ -30,7 +33,6 @@ import {
   formatCharmRef,
   initialCharmState,
 } from "../charm/charm.ts";
-import type { DidKey } from "../charm/did.ts";
 import type { AnyRecipe, Cell, RunContext } from "../charm/recipe.ts";
 import { streamFor } from "../integrations/integration.ts";
 import {
@@ -142,7 +144,7 @@ export async function runCharm(
   delivery: Delivery = NO_ACK,
 ): Promise<RunOutcome> {
   const ref: CharmRef = {
-    space: message.space as DidKey,
+    space: message.space,
     charmId: message.charmId,
   };
   const run = runKeyOf(message);
@@ -155,10 +157,10 @@ export async function runCharm(
   // One read of everything the run needs, reused by the claim: KV round
   // trips bound throughput (docs/benchmarks.md).
   const read = await _readRun(deps.kv, ref, run);
-  const early = await _checkDuplicate(deps, ref, message, read);
-  if (early !== null) {
-    if (early === "duplicate") log.debug("Dropped a duplicate delivery");
-    return early;
+  // A duplicate needs no permit; a missing charm is dead-lettered below.
+  if (read[0].value !== null && _isDuplicate(read[3].value, message)) {
+    log.debug("Dropped a duplicate delivery");
+    return "duplicate";
   }
 
   const release = await deps.semaphore.acquire();
@@ -194,29 +196,6 @@ async function _readRun(
     cellKey(ref, "argument"),
     cellKey(ref, "result"),
   ]) as RunRead;
-}
-
-async function _checkDuplicate(
-  deps: ServiceDeps,
-  ref: CharmRef,
-  message: RunMessage,
-  read: RunRead,
-): Promise<RunOutcome | null> {
-  const [charm, , , record] = read;
-  if (charm.value === null) {
-    await writeDeadLetter(
-      deps.kv,
-      message,
-      `charm ${formatCharmRef(ref)} does not exist`,
-      deps.now(),
-    );
-    logger("run").warn(
-      "Dead-lettered a run of {charm}: the charm does not exist",
-      { charm: formatCharmRef(ref) },
-    );
-    return "dead-lettered";
-  }
-  return _isDuplicate(record.value, message) ? "duplicate" : null;
 }
 
 function _isDuplicate(record: RunRecord | null, message: RunMessage): boolean {
@@ -256,6 +235,9 @@ async function _claimAndRun(
         `charm ${formatCharmRef(ref)} does not exist`,
         deps.now(),
       );
+      log.warn("Dead-lettered a run of {charm}: the charm does not exist", {
+        charm: formatCharmRef(ref),
+      });
       return "dead-lettered";
     }
     if (_isDuplicate(recordEntry.value, message)) return "duplicate";
@@ -278,7 +260,8 @@ async function _claimAndRun(
         finishedAt: now,
         error: why,
       };
-      const { ok } = await kv.atomic().check(recordEntry)
+      // The delivery is acknowledged in the same commit (the kv driver's job).
+      const { ok } = await delivery.ack(kv.atomic()).check(recordEntry)
         .set(runKey(ref, run), skipped, {
           expireIn: runRecordTtlMs(policy.intervalMs),
         })
@@ -301,7 +284,8 @@ async function _claimAndRun(
       const waitMs = lease.run === run && lease.attempt === message.attempt
         ? lease.expiresAt - now + 100
         : Math.min(Math.max(lease.expiresAt - now, 250), DEFER_POLL_MS);
-      const op = deps.queue.enqueue(kv.atomic(), message, {
+      // The copy and this delivery's acknowledgement commit together.
+      const op = deps.queue.enqueue(delivery.ack(kv.atomic()), message, {
         delayMs: waitMs,
         undeliveredKey: undeliveredKey(ref, run, message.attempt),
       });
@@ -475,8 +459,6 @@ async function _execute(
 
   const opened: { cells?: ReturnType<typeof _bufferedCells> } = {};
   const work = (async (): Promise<Execution> => {
-    // `prepare` runs first and may rewrite the argument cell (a refreshed
-    // token), so the cells are read after it.
     const prepared = integration?.prepare
       ? await integration.prepare({
         kv: deps.kv,
@@ -667,7 +649,7 @@ async function _record(
       // outcome; if it was a run of another slot, nobody would, and this
       // run's record would stay `running` for good. Enqueue this attempt
       // again: a copy of a run that finishes meanwhile is a duplicate.
-      await deps.queue.enqueue(kv.atomic(), message, {
+      await deps.queue.enqueue(delivery.ack(kv.atomic()), message, {
         delayMs: 0,
         undeliveredKey: undeliveredKey(ref, run, message.attempt),
       }).commit();

@@ -146,12 +146,15 @@ Deno.test("runCharm() counts a slot retried three times as one failure", async (
   await using _deps = t.deps;
   const ref = await t.create("webhook", { url: `${receiver.url}/fail` });
   const outcomes = [await runCharm(t.deps, runMessage(ref))];
+  const delays: number[] = [];
   while (t.queue.sent.length > 0) {
     const { message, delayMs } = t.queue.sent.shift()!;
-    assert.ok(delayMs >= 500, `backoff ${delayMs} ms`);
+    delays.push(delayMs);
     outcomes.push(await runCharm(t.deps, message));
   }
   assert.deepEqual(outcomes, ["retrying", "retrying", "retrying", "failed"]);
+  // Exponential from 1 s, at the injected random()'s 0.5 jitter.
+  assert.deepEqual(delays, [750, 1_500, 3_000]);
   assert.deepEqual(receiver.calls.map((c) => c.body.attempt), [1, 2, 3, 4]);
   const state = await t.state(ref);
   assert.equal(state.consecutiveFailures, 1);
@@ -477,4 +480,22 @@ Deno.test("runCharm() runs a retry racing the next slot once each, never overlap
   assert.equal(await runCharm(t.deps, retry), "duplicate");
   assert.equal(await runCharm(t.deps, next), "duplicate");
   assert.equal(receiver.callsTo("/x").length, 2);
+});
+
+Deno.test("runCharm() fails a webhook whose reply is larger than a cell, writing nothing", async () => {
+  await using receiver = startWebhookReceiver();
+  receiver.reply("/huge", {
+    status: 200,
+    body: { result: "x".repeat(70 * 1024) },
+  });
+  const t = await setup({ policy: { maxRetries: 0 } });
+  await using _deps = t.deps;
+  const ref = await t.create("webhook", { url: `${receiver.url}/huge` });
+  const before = await t.result(ref);
+  assert.equal(await runCharm(t.deps, runMessage(ref)), "failed");
+  assert.match(
+    (await t.state(ref)).lastError ?? "",
+    /replied with more than 61440 bytes/,
+  );
+  assert.deepEqual(await t.result(ref), before);
 });

@@ -62,6 +62,7 @@ import {
   ForbiddenError,
   missingToken,
   type Principal,
+  principalName,
   requireOperator,
   requireSpace,
   UnauthenticatedError,
@@ -352,7 +353,7 @@ export function createApp(
           deps,
           ref,
           action === "disable",
-          _principalName(c.get("principal")),
+          principalName(c.get("principal")),
         ),
       );
     });
@@ -472,7 +473,7 @@ export function createApp(
       kv,
       space,
       delegate,
-      _principalName(principal),
+      principalName(principal),
       deps.now(),
     );
     log.info("Space {space} delegated to {did}: {result}", {
@@ -587,9 +588,6 @@ export function createApp(
 }
 
 /** How logs and disabled reasons name who acted. */
-function _principalName(principal: Principal): string {
-  return principal.kind === "identity" ? principal.did : principal.kind;
-}
 
 /** Logs every request at debug: method, path, status, duration. */
 function _requestLog(): MiddlewareHandler {

@@ -241,6 +241,11 @@ export function missingToken(): UnauthenticatedError {
   );
 }
 
+/** Who acted, for logs and a charm's `disabledReason`. */
+export function principalName(principal: Principal): string {
+  return principal.kind === "identity" ? principal.did : principal.kind;
+}
+
 /**
  * Compares two strings in time independent of where they differ: both are
  * hashed first, so the comparison runs over equal-length digests.

@@ -39,7 +39,12 @@ import { countRecentRuns, type RecentRuns } from "../store/recent_runs.ts";
 import type { QueueDepth } from "../queue/queue.ts";
 import { readServiceState, type ServiceState } from "../store/service_state.ts";
 import type { AppEnv, AppOptions } from "./app.ts";
-import { authenticate, type Principal, requireSpace } from "./auth.ts";
+import {
+  authenticate,
+  type Principal,
+  principalName,
+  requireSpace,
+} from "./auth.ts";
 import { enqueueManualRun, setDisabledByHand } from "./charm_actions.ts";
 import { type Health, readHealth } from "./health.ts";
 
@@ -119,7 +124,7 @@ export function registerDashboard(
     try {
       notice = {
         kind: "ok",
-        text: await _act(deps, action, ref),
+        text: await _act(deps, action, ref, principal),
       };
     } catch (error) {
       if (
@@ -627,12 +632,18 @@ async function _act(
   deps: ServiceDeps,
   action: Action,
   ref: CharmRef,
+  principal: Principal,
 ): Promise<string> {
   if (action === "run") {
     const { runId } = await enqueueManualRun(deps, ref);
     return `Run now: ${ref.charmId} (run ${runId} enqueued)`;
   }
-  await setDisabledByHand(deps, ref, action === "disable", "operator");
+  await setDisabledByHand(
+    deps,
+    ref,
+    action === "disable",
+    principalName(principal),
+  );
   return `${action === "enable" ? "Enabled" : "Disabled"}: ${ref.charmId}`;
 }
 

@@ -336,6 +336,13 @@ Deno.test("GET / shows a space holder their own space's charms, and only those",
       },
     );
   assert.equal((await form(mine.did, "mine-1")).status, 200);
+  const disabled = await (await h.call(
+    "GET",
+    `/api/charms/${mine.did}/mine-1`,
+    undefined,
+    OPERATOR,
+  )).json();
+  assert.equal(disabled.state.disabledReason, `disabled by ${mine.did}`);
   assert.equal((await form(other.did, "theirs-1")).status, 403);
   const theirs = await (await h.call(
     "GET",

@@ -4,7 +4,6 @@
  *
  * @module
  */
-import { toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { readServiceState } from "../store/service_state.ts";
 
@@ -42,7 +41,8 @@ export async function readHealth(
     return {
       ok: false,
       kv: "error",
-      reason: `KV unreachable: ${toError(error).message}`,
+      // The details (paths, URLs) are logged above; this answer is public.
+      reason: "KV unreachable",
     };
   }
   // Before the first tick, the process's own age stands in for the tick's.

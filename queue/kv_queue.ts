@@ -90,6 +90,7 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
   let stopped = false;
   let wake: (() => void) | null = null;
   let nextShard = 0;
+  const woken = new WeakSet<Deno.AtomicOperation>();
 
   function shardOf(id: string): number {
     return fnv1a32(id) % shards;
@@ -250,12 +251,11 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
    */
   async function work(
     handler: MessageHandler,
-    until: () => boolean,
     deadline: number,
   ): Promise<number> {
     const inFlight = new Set<Promise<void>>();
     let delivered = 0;
-    while (!stopped && !until()) {
+    while (!stopped && now() < deadline) {
       const capacity = options.maxInFlight - inFlight.size;
       let claimed: Deno.KvEntry<Job>[] = [];
       try {
@@ -321,21 +321,25 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
         dueAt,
         leasedBy: null,
       };
-      return op.set(queueJobKey(shardOf(id), dueAt, id), job)
-        .sum(queueWakeKey(), 1n);
+      // One wake-up per commit is enough, however many jobs it enqueues.
+      if (!woken.has(op)) {
+        woken.add(op);
+        op.sum(queueWakeKey(), 1n);
+      }
+      return op.set(queueJobKey(shardOf(id), dueAt, id), job);
     },
     async listen(handler) {
       stopped = false;
       const watcher = _watchWake(kv, () => wake?.());
       try {
-        await work(handler, () => false, Infinity);
+        await work(handler, Infinity);
       } finally {
         watcher.cancel();
       }
     },
     async drain(handler, budgetMs) {
       const deadline = now() + budgetMs;
-      const delivered = await work(handler, () => now() >= deadline, deadline);
+      const delivered = await work(handler, deadline);
       return { delivered };
     },
     async depth() {

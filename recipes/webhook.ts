@@ -15,6 +15,7 @@
  * @module
  */
 import { z } from "zod";
+import { MAX_CELL_BYTES } from "../store/kv_util.ts";
 import { defineRecipe } from "../charm/recipe.ts";
 import {
   NonRetriableError,
@@ -85,7 +86,7 @@ export const webhookRecipe = defineRecipe({
         // A redirect could lead anywhere, past the check above.
         redirect: ctx.egress.restricted ? "manual" : "follow",
       });
-      const text = await response.text();
+      if (!response.ok) await response.body?.cancel();
       if (
         ctx.egress.restricted && response.status >= 300 &&
         response.status < 400
@@ -113,6 +114,16 @@ export const webhookRecipe = defineRecipe({
         }
         throw new Error(what);
       }
+      // The reply is bounded by what a cell can hold: a huge one fails the
+      // run instead of filling memory until the timeout.
+      const text = await _readCapped(response, MAX_CELL_BYTES);
+      if (text === null) {
+        throw new NonRetriableError(
+          `Webhook ${
+            _origin(url)
+          } replied with more than ${MAX_CELL_BYTES} bytes`,
+        );
+      }
       let result: z.infer<typeof resultSchema>["result"] = null;
       if (response.headers.get("content-type")?.includes("application/json")) {
         try {
@@ -138,6 +149,34 @@ export const webhookRecipe = defineRecipe({
     },
   },
 });
+
+/** The body as text, or `null` when it is longer than `maxBytes`. */
+async function _readCapped(
+  response: Response,
+  maxBytes: number,
+): Promise<string | null> {
+  if (response.body === null) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = response.body.getReader();
+  while (true) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel();
+      return null;
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return new TextDecoder().decode(bytes);
+}
 
 /** Only the origin goes into errors: a URL path or query may carry secrets. */
 function _origin(url: string): string {

@@ -14,7 +14,7 @@ import { resumeInterruptedFanouts } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
 import { isDeployed } from "../identity/load_identity.ts";
 import type { Integration } from "../integrations/integration.ts";
-import { NotFoundError, toError } from "../lib/errors.ts";
+import { ConflictError, NotFoundError, toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { type EgressPolicy, egressPolicy } from "../lib/net_guard.ts";
 import type { SecretKeys } from "../lib/secrets.ts";
@@ -24,7 +24,6 @@ import type { Signer } from "../lib/webhook_signature.ts";
 import type { Delivery, QueueDriver } from "../queue/queue.ts";
 import { createCharm, listCharms, registerCharm } from "../store/charms.ts";
 import { sweepUndelivered } from "../store/dead_letters.ts";
-import { charmKey } from "../store/keys.ts";
 import {
   readServiceState,
   updateServiceTimes,
@@ -125,7 +124,6 @@ export function createService(
   const inFlight = new Set<Promise<unknown>>();
   let accepting = true;
   let statusTimer: ReturnType<Timers["setTimeout"]> | undefined;
-  let listening: Promise<void> | null = null;
 
   async function onMessage(raw: unknown, delivery: Delivery): Promise<void> {
     if (!accepting) {
@@ -225,7 +223,15 @@ export function createService(
           },
         );
       } else {
-        listening = deps.queue.listen(onMessage);
+        // A worker that stops (KV closed under it, a platform without
+        // queues) is logged, not an unhandled rejection.
+        deps.queue.listen(onMessage).catch((error) => {
+          if (accepting) {
+            log.error("Queue worker stopped: {error}", {
+              error: toError(error).message,
+            });
+          }
+        });
         log.info(
           "Queue: {driver} driver, {worker} running, {max} runs at once",
           {
@@ -286,7 +292,6 @@ export function createService(
         await drained;
       }
       if (timer !== undefined) timers.clearTimeout(timer);
-      void listening;
     },
   };
 }
@@ -297,23 +302,18 @@ async function seedDemo(
 ): Promise<void> {
   const counter = deps.recipes.get("counter")!;
   for (const ref of DEMO_CHARMS) {
-    if ((await deps.kv.get(charmKey(ref))).value === null) {
-      await createCharm(
-        deps.kv,
-        ref,
-        counter,
-        { step: 1 },
-        deps.now(),
-        deps.secrets,
-      ).catch(
-        (error) => {
-          // Another process created it first.
-          log.debug("Demo charm exists: {error}", {
-            error: toError(error).message,
-          });
-        },
-      );
-    }
+    await createCharm(
+      deps.kv,
+      ref,
+      counter,
+      { step: 1 },
+      deps.now(),
+      deps.secrets,
+    )
+      .catch((error) => {
+        // Already there (an earlier start, or another process): keep it.
+        if (!(error instanceof ConflictError)) throw error;
+      });
     await registerCharm(deps.kv, "manual", ref, deps.now());
   }
   log.info(

@@ -6,17 +6,29 @@
  *
  * @module
  */
+import { ConfigError, toError } from "../lib/errors.ts";
 import { withBusyRetry } from "./busy_retry.ts";
 
-/** Opens KV at `path` (`null`: the default database). */
+/**
+ * Opens KV at `path` (`null`: the default database).
+ *
+ * @throws {ConfigError} naming `KV_PATH` when it cannot be opened.
+ */
 export async function openServiceKv(path: string | null): Promise<Deno.Kv> {
-  if (path === null) return withBusyRetry(await Deno.openKv());
-  const local = path !== ":memory:" && !/^https?:\/\//.test(path);
-  if (local) {
-    const dir = path.replace(/[^/]*$/, "");
-    if (dir !== "") await Deno.mkdir(dir, { recursive: true });
+  try {
+    if (path === null) return withBusyRetry(await Deno.openKv());
+    const local = path !== ":memory:" && !/^https?:\/\//.test(path);
+    if (local) {
+      const dir = path.replace(/[^/]*$/, "");
+      if (dir !== "") await Deno.mkdir(dir, { recursive: true });
+    }
+    return withBusyRetry(await Deno.openKv(path));
+  } catch (error) {
+    throw new ConfigError(
+      `KV_PATH: cannot open ${describeKvPath(path)}: ${toError(error).message}`,
+      { cause: error },
+    );
   }
-  return withBusyRetry(await Deno.openKv(path));
 }
 
 /** How to name `path` in logs. */

@@ -32,6 +32,11 @@ Deno.test("main.ts exits 2 with one clear line for bad flags and variables", asy
       { LOG_LEVEL: "chatty" },
       /^error: LOG_LEVEL: "chatty" is not a log level/,
     ],
+    [
+      [],
+      { KV_PATH: "/proc/no-such-dir/kv.sqlite3" },
+      /^error: KV_PATH: cannot open \/proc\/no-such-dir\/kv\.sqlite3: /,
+    ],
   ];
   for (const [args, env, expected] of cases) {
     await t.step(`${args.join(" ")}${JSON.stringify(env)}`, async () => {
