@@ -52,10 +52,10 @@ Deno.test("endToEnd() runs every charm once through dispatch() and counts KV ops
   assert.ok(result.kvOpsPerRun !== null && result.kvOpsPerRun.writes >= 2);
 });
 
-Deno.test("loadKvDriver() returns a driver or says why not", async () => {
+Deno.test("loadKvDriver() loads the kv driver", async () => {
   const driver = await loadKvDriver();
   assert.equal(driver.name, "kv");
-  if (!isDriver(driver)) assert.match(driver.reason, /\S/);
+  assert.ok(isDriver(driver), isDriver(driver) ? "" : driver.reason);
 });
 
 Deno.test("figure() and percentile() summarise repetitions", () => {

@@ -233,10 +233,14 @@ Deno.test("resumeInterruptedFanouts() finishes a cron fan-out a crash left runni
   const results = await resumeInterruptedFanouts(t.deps);
   assert.equal(results.length, 1);
   assert.equal(results[0]?.enqueued, 4);
-  // Slots already past run at once.
-  assert.ok(
-    t.queue.sent.every((s) => s.message.slot === TICK && s.delayMs >= 0),
-  );
+  // The minute's slot, already under way: each charm runs at its offset,
+  // at once if that has passed.
+  assert.equal(t.queue.sent.length, 4);
+  for (const { message, delayMs } of t.queue.sent) {
+    assert.equal(message.slot, TICK);
+    const offset = offsetMs(message, "manual", 60_000);
+    assert.equal(delayMs, Math.max(0, TICK + offset - (TICK + 30_000)));
+  }
   assert.deepEqual(await resumeInterruptedFanouts(t.deps), []);
 });
 

@@ -115,7 +115,9 @@ for (const driver of DRIVERS) {
       order.push((raw as Message).charmId);
       return Promise.resolve();
     }, async (kv, queue) => {
-      await enqueueAll(kv, queue, [message(1)], 300);
+      // 2 s: enough margin that the second commit and its delivery land
+      // first even on a loaded machine.
+      await enqueueAll(kv, queue, [message(1)], 2_000);
       await enqueueAll(kv, queue, [message(2)], 0);
       await waitFor("both deliveries", () => order.length === 2);
       assert.deepEqual(order, ["m2", "m1"]);
