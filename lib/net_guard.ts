@@ -6,7 +6,9 @@
  * When restricted (deployed), a URL is refused if its host is, or resolves
  * to, a loopback, private, link-local, unspecified, multicast or reserved
  * address, unless the host is listed in `WEBHOOK_ALLOWED_HOSTS`. Every
- * address a name resolves to (A and AAAA) must be public. IPv4 addresses
+ * address a name resolves to (A and AAAA) must be public, and both look-ups
+ * must answer (a record type the name does not have is an answer; a timeout
+ * or a failed query is not, and refuses the host for now). IPv4 addresses
  * embedded in IPv6 ones (`::ffff:127.0.0.1`, NAT64 `64:ff9b::/96`, 6to4
  * `2002::/16`, the deprecated `::a.b.c.d`) are judged by the IPv4 address.
  * `new URL()` already turns the other spellings of an IPv4 address
@@ -35,9 +37,16 @@ export type AddressKind =
 export interface EgressPolicy {
   /** Refuse non-public destinations (deployed); `false` allows everything. */
   restricted: boolean;
-  /** Hosts allowed whatever they resolve to, normalized by {@linkcode normalizeHost}. */
+  /**
+   * Hosts allowed whatever they resolve to, normalized as `new URL()` gives
+   * them: lower case, without IPv6 brackets or a trailing dot.
+   */
   allowedHosts: readonly string[];
-  /** Resolves a name's A or AAAA records (`Deno.resolveDns` in production). */
+  /**
+   * Resolves a name's A or AAAA records (`Deno.resolveDns` in production).
+   * "No such record" must reject with `Deno.errors.NotFound`; any other
+   * rejection refuses the host (retriable).
+   */
   resolveDns(
     name: string,
     type: "A" | "AAAA",
@@ -52,12 +61,15 @@ export type UrlVerdict =
     ok: false;
     /** `host x is a loopback address`: names the host, never the path. */
     reason: string;
-    /** `true` when it may pass later (the name did not resolve). */
+    /**
+     * `true` when it may pass later (the name did not resolve, or a look-up
+     * failed).
+     */
     retriable: boolean;
   };
 
 /** How long a URL check waits for DNS. */
-export const DNS_TIMEOUT_MS = 5_000;
+const DNS_TIMEOUT_MS = 5_000;
 
 /** Builds the policy: restricted when deployed. */
 export function egressPolicy(options: {
@@ -67,7 +79,7 @@ export function egressPolicy(options: {
 }): EgressPolicy {
   return {
     restricted: options.deployed,
-    allowedHosts: (options.allowedHosts ?? []).map(normalizeHost),
+    allowedHosts: (options.allowedHosts ?? []).map(_normalizeHost),
     resolveDns: options.resolveDns ??
       ((name, type, opts) =>
         Deno.resolveDns(
@@ -81,7 +93,7 @@ export function egressPolicy(options: {
 /**
  * Checks that `url` may be called under `policy`.
  *
- * @param signal bounds the DNS look-ups (besides {@linkcode DNS_TIMEOUT_MS})
+ * @param signal bounds the DNS look-ups (besides their own 5 s)
  */
 export async function checkUrl(
   url: string | URL,
@@ -95,7 +107,7 @@ export async function checkUrl(
     return { ok: false, reason: "is not a URL", retriable: false };
   }
   if (!policy.restricted) return { ok: true };
-  const host = normalizeHost(parsed.hostname);
+  const host = _normalizeHost(parsed.hostname);
   if (policy.allowedHosts.includes(host)) return { ok: true };
   const refuse = (reason: string, retriable = false): UrlVerdict => ({
     ok: false,
@@ -118,11 +130,16 @@ export async function checkUrl(
       policy.resolveDns(host, type, { signal: bounded })
     ),
   );
-  const addresses = answers.flatMap((a) =>
-    a.status === "fulfilled" ? a.value : []
-  );
-  if (addresses.length === 0) {
-    return refuse(`host ${host} does not resolve`, true);
+  const addresses: string[] = [];
+  // A look-up that failed for another reason than "no such record" (a
+  // timeout, a refused query) says nothing about what else the name points
+  // to: the host is refused until every look-up answers.
+  let failed: { type: "A" | "AAAA"; error: unknown } | null = null;
+  for (const [i, answer] of answers.entries()) {
+    if (answer.status === "fulfilled") addresses.push(...answer.value);
+    else if (!(answer.reason instanceof Deno.errors.NotFound)) {
+      failed ??= { type: i === 0 ? "A" : "AAAA", error: answer.reason };
+    }
   }
   for (const address of addresses) {
     const kind = classifyAddress(address) ?? "reserved";
@@ -132,6 +149,18 @@ export async function checkUrl(
       return refuse(`host ${host} resolves to ${_describe(kind)}`);
     }
   }
+  if (failed !== null) {
+    const { type, error } = failed;
+    return refuse(
+      `host ${host} cannot be checked: its ${type} look-up failed (${
+        _firstLine(error)
+      })`,
+      true,
+    );
+  }
+  if (addresses.length === 0) {
+    return refuse(`host ${host} does not resolve`, true);
+  }
   return { ok: true };
 }
 
@@ -140,7 +169,7 @@ export async function checkUrl(
  * IPv6 brackets or a trailing dot: `"[::1]"` → `"::1"`, `"Example.COM."` →
  * `"example.com"`.
  */
-export function normalizeHost(host: string): string {
+function _normalizeHost(host: string): string {
   let h = host.toLowerCase();
   if (h.startsWith("[") && h.endsWith("]")) h = h.slice(1, -1);
   if (h.endsWith(".")) h = h.slice(0, -1);
@@ -170,7 +199,7 @@ export function parseHostList(text: string): string[] {
       throw bad;
     }
     if (url.port !== "" || entry.endsWith(":")) throw bad;
-    hosts.push(normalizeHost(url.hostname));
+    hosts.push(_normalizeHost(url.hostname));
   }
   return hosts;
 }
@@ -187,8 +216,8 @@ export function parseHostList(text: string): string[] {
  * ```
  */
 export function classifyAddress(text: string): AddressKind | null {
-  const host = normalizeHost(text);
-  const v4 = parseIpv4(host);
+  const host = _normalizeHost(text);
+  const v4 = _parseIpv4(host);
   if (v4 !== null) return _classifyIpv4(v4);
   const v6 = parseIpv6(host);
   if (v6 !== null) return _classifyIpv6(v6);
@@ -196,7 +225,7 @@ export function classifyAddress(text: string): AddressKind | null {
 }
 
 /** Four bytes of a strict dotted-decimal IPv4 address, else `null`. */
-export function parseIpv4(text: string): Uint8Array | null {
+function _parseIpv4(text: string): Uint8Array | null {
   const parts = text.split(".");
   if (parts.length !== 4) return null;
   const bytes = new Uint8Array(4);
@@ -226,7 +255,7 @@ export function parseIpv6(text: string): Uint8Array | null {
       const piece = pieces[i]!;
       if (piece.includes(".")) {
         // A dotted IPv4 tail: only as the last piece.
-        const v4 = i === pieces.length - 1 ? parseIpv4(piece) : null;
+        const v4 = i === pieces.length - 1 ? _parseIpv4(piece) : null;
         if (v4 === null) return null;
         out.push((v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!);
       } else {
@@ -298,6 +327,14 @@ function _classifyIpv6(b: Uint8Array): AddressKind {
     return "reserved"; // 2001:db8::/32, documentation
   }
   return "public";
+}
+
+function _firstLine(error: unknown): string {
+  const text = error instanceof Error
+    ? error.message || error.name
+    : String(error);
+  const line = text.split("\n")[0]!;
+  return line.length > 100 ? `${line.slice(0, 97)}...` : line;
 }
 
 function _describe(kind: AddressKind): string {

@@ -128,9 +128,12 @@ Deno.test("parseHostList() normalizes hosts and refuses ports, paths and schemes
   }
 });
 
-/** A policy whose DNS answers from `table` (name → type → addresses). */
+/**
+ * A policy whose DNS answers from `table` (name → type → addresses, or the
+ * error the look-up fails with); a missing entry is "no such record".
+ */
 function policy(
-  table: Record<string, { A?: string[]; AAAA?: string[] }>,
+  table: Record<string, { A?: string[] | Error; AAAA?: string[] | Error }>,
   options: { deployed?: boolean; allowedHosts?: string[] } = {},
 ): EgressPolicy & { lookups: string[] } {
   const lookups: string[] = [];
@@ -141,8 +144,13 @@ function policy(
       resolveDns: (name, type) => {
         lookups.push(`${name} ${type}`);
         const answer = table[name]?.[type];
-        return answer === undefined
-          ? Promise.reject(new Deno.errors.NotFound(`no ${type} for ${name}`))
+        if (answer === undefined) {
+          return Promise.reject(
+            new Deno.errors.NotFound(`no ${type} for ${name}`),
+          );
+        }
+        return answer instanceof Error
+          ? Promise.reject(answer)
           : Promise.resolve(answer);
       },
     }),
@@ -216,6 +224,44 @@ Deno.test("checkUrl() refuses localhost names and names that do not resolve (ret
   assert.deepEqual(await checkUrl("not a url", p), {
     ok: false,
     reason: "is not a URL",
+    retriable: false,
+  });
+});
+
+Deno.test("checkUrl() refuses a name when a look-up fails for another reason than no such record (retriable)", async () => {
+  const p = policy({
+    "a-timed-out.test": {
+      A: new Deno.errors.TimedOut("dns query timed out"),
+      AAAA: ["2606:2800:220:1::1"],
+    },
+    "aaaa-refused.test": {
+      A: ["93.184.216.34"],
+      AAAA: new Error("proto error: query refused\nsecond line"),
+    },
+    "v6-only.test": { AAAA: ["2606:2800:220:1::1"] },
+    "failed-and-private.test": {
+      A: new Deno.errors.TimedOut("dns query timed out"),
+      AAAA: ["fd00::5"],
+    },
+  });
+  assert.deepEqual(await checkUrl("https://a-timed-out.test/", p), {
+    ok: false,
+    reason:
+      "host a-timed-out.test cannot be checked: its A look-up failed (dns query timed out)",
+    retriable: true,
+  });
+  assert.deepEqual(await checkUrl("https://aaaa-refused.test/", p), {
+    ok: false,
+    reason:
+      "host aaaa-refused.test cannot be checked: its AAAA look-up failed (proto error: query refused)",
+    retriable: true,
+  });
+  // "No such record" is an answer: a name with only AAAA records passes.
+  assert.deepEqual(await checkUrl("https://v6-only.test/", p), { ok: true });
+  // A private answer is final even when the other look-up failed.
+  assert.deepEqual(await checkUrl("https://failed-and-private.test/", p), {
+    ok: false,
+    reason: "host failed-and-private.test resolves to a private address",
     retriable: false,
   });
 });
