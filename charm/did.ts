@@ -24,6 +24,23 @@ const ED25519_MULTICODEC = [0xed, 0x01] as const;
  * ```
  */
 export function parseDidKey(value: string): DidKey {
+  _decode(value);
+  return value as DidKey;
+}
+
+/**
+ * The 32-byte Ed25519 public key a `did:key` holds: the inverse of
+ * {@linkcode didKeyFromPublicKey}.
+ *
+ * @throws {TypeError} like {@linkcode parseDidKey} when `did` is not an
+ *   Ed25519 `did:key`.
+ */
+export function publicKeyFromDidKey(did: string): Uint8Array<ArrayBuffer> {
+  return _decode(did).slice(ED25519_MULTICODEC.length);
+}
+
+/** The multicodec-prefixed key bytes of an Ed25519 `did:key`, else throws. */
+function _decode(value: string): Uint8Array {
   if (!value.startsWith(PREFIX)) {
     throw new TypeError(
       `"${_clip(value)}" is not a did:key: it must start with "${PREFIX}"`,
@@ -49,7 +66,7 @@ export function parseDidKey(value: string): DidKey {
       }" is not an Ed25519 did:key: expected 0xed01 and a 32-byte key`,
     );
   }
-  return value as DidKey;
+  return bytes;
 }
 
 /** `true` when `value` is a valid Ed25519 `did:key`. */

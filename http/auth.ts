@@ -19,9 +19,14 @@
  *
  * @module
  */
-import { base58 } from "@scure/base";
-import { decodeJwt, errors as joseErrors, importJWK, jwtVerify } from "jose";
-import { type DidKey, parseDidKey } from "../charm/did.ts";
+import {
+  base64url,
+  decodeJwt,
+  errors as joseErrors,
+  importJWK,
+  jwtVerify,
+} from "jose";
+import { type DidKey, parseDidKey, publicKeyFromDidKey } from "../charm/did.ts";
 import { toError } from "../lib/errors.ts";
 import { MAX_TOKEN_TTL_SECONDS } from "../identity/token.ts";
 import { isDelegate } from "../store/delegates.ts";
@@ -116,7 +121,7 @@ export async function authenticate(
       "invalid bearer token: neither the admin token nor a JWS",
     );
   }
-  const did = await verifyIdentityToken(token, {
+  const did = await _verifyIdentityToken(token, {
     audience: options.serviceDid,
     nowMs: options.now(),
   });
@@ -134,7 +139,7 @@ export async function authenticate(
  *
  * @throws {UnauthenticatedError} naming the reason.
  */
-export async function verifyIdentityToken(
+async function _verifyIdentityToken(
   token: string,
   options: { audience: DidKey; nowMs: number },
 ): Promise<DidKey> {
@@ -166,7 +171,7 @@ export async function verifyIdentityToken(
   const key = await importJWK({
     kty: "OKP",
     crv: "Ed25519",
-    x: _base64url(base58.decode(iss.slice("did:key:z".length)).slice(2)),
+    x: base64url.encode(publicKeyFromDidKey(iss)),
   }, "EdDSA");
   const nowSeconds = Math.floor(options.nowMs / 1000);
   let payload;
@@ -350,9 +355,4 @@ function _describeJoseError(
     `invalid token: ${toError(error).message}`,
     cause,
   );
-}
-
-function _base64url(bytes: Uint8Array): string {
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-")
-    .replaceAll("/", "_").replaceAll("=", "");
 }

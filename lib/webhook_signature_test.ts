@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { pathToFileURL } from "node:url";
-import { base58 } from "@scure/base";
 import { base64url, flattenedVerify, importJWK } from "jose";
 import type { CharmRef } from "../charm/charm.ts";
+import { publicKeyFromDidKey } from "../charm/did.ts";
 import type { RunMessage } from "../handlers/messages.ts";
 import { runCharm } from "../handlers/run_charm.ts";
 import { Identity } from "../identity/identity.ts";
@@ -69,9 +69,12 @@ async function runWebhook(url: string, nowMs: number) {
 
 /** The Ed25519 public key inside a `did:key`, as jose's key. */
 async function joseKeyOf(did: string) {
-  const publicKey = base58.decode(did.slice("did:key:z".length)).slice(2);
   return await importJWK(
-    { kty: "OKP", crv: "Ed25519", x: base64url.encode(publicKey) },
+    {
+      kty: "OKP",
+      crv: "Ed25519",
+      x: base64url.encode(publicKeyFromDidKey(did)),
+    },
     "EdDSA",
   );
 }
