@@ -2,24 +2,31 @@
  * The operator CLI: `deno task charms <command> [options]`. Talks to a running
  * service by URL, so it works against a deployed one as well as a local one.
  *
- * Exit codes: 0 done, 1 the service refused or could not be reached (its
- * message on one line), 2 bad flags, arguments or key file.
+ * Exit codes: 0 done, 1 the service refused, could not be reached or did
+ * not answer within the timeout (its message on one line), 2 bad flags,
+ * arguments or key file.
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { parseCharmRef } from "../charm/charm.ts";
+import { CHARM_STATUSES, parseCharmRef } from "../charm/charm.ts";
 import { parseDidKey } from "../charm/did.ts";
+import { MAX_PAGE_LIMIT } from "../http/page_limit.ts";
 import { Identity } from "../identity/identity.ts";
 import { MAX_TOKEN_TTL_SECONDS, mintToken } from "../identity/token.ts";
+import {
+  describeParseArgsError,
+  parseChoiceOption,
+  parseIntegerOption,
+} from "../lib/parse_args_error.ts";
 import {
   type ApiClient,
   CliError,
   createClient,
+  DEFAULT_TIMEOUT_MS,
   usageError,
 } from "./client.ts";
 import { formatPairs, formatTable } from "./table.ts";
-import { describeParseArgsError } from "../lib/parse_args_error.ts";
 
 /** What the CLI reads and writes, injected for tests. */
 export interface CliIo {
@@ -31,11 +38,14 @@ export interface CliIo {
   now?: () => number;
 }
 
-/** The default service URL. */
-export const DEFAULT_URL = "http://127.0.0.1:8000";
+const DEFAULT_URL = "http://127.0.0.1:8000";
+
+/** Longest `--timeout`, seconds. */
+const MAX_TIMEOUT_SECONDS = 600;
 
 const FLAGS = {
   url: { type: "string" },
+  timeout: { type: "string" },
   token: { type: "string" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
@@ -147,7 +157,7 @@ const COMMANDS: Record<
 };
 
 /** The `--help` text. */
-export function cliUsage(): string {
+function _usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
   return [
     "Background Charm Service CLI",
@@ -161,6 +171,10 @@ export function cliUsage(): string {
     "",
     "Options for every command:",
     `  --url=<url>          the service (default $BCS_URL or ${DEFAULT_URL})`,
+    `  --timeout=<s>        give up on a request after this long (default`,
+    `                       $BCS_TIMEOUT_MS in ms, else ${
+      DEFAULT_TIMEOUT_MS / 1000
+    } s)`,
     "  --token=<token>      bearer token: ADMIN_TOKEN or a minted one",
     "                       (default $BCS_TOKEN)",
     "  --passphrase=<p>     or --key-file=<pem>: mint a token for this identity",
@@ -186,7 +200,7 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
     const [command, ...rest] = positionals;
     if (values.help || command === undefined || command === "help") {
       (command === undefined && !values.help ? io.stderr : io.stdout)(
-        cliUsage(),
+        _usage(),
       );
       return command === undefined && !values.help ? 2 : 0;
     }
@@ -198,12 +212,7 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
         } (see --help)`,
       );
     }
-    const url = values.url ?? _env(io, "BCS_URL") ?? DEFAULT_URL;
-    try {
-      new URL(url);
-    } catch {
-      throw usageError(`--url: "${url}" is not a URL`);
-    }
+    const { url, timeoutMs } = _checkFlags(values, io);
     let cached: Promise<string | null> | null = null;
     const ctx: Context = {
       io,
@@ -212,6 +221,7 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       json: values.json === true,
       client: createClient({
         url,
+        timeoutMs,
         ...(io.fetch ? { fetch: io.fetch } : {}),
         token: () => (cached ??= _bearer(ctx)),
       }),
@@ -237,6 +247,68 @@ function _parse(args: string[]) {
     strict: true,
     allowPositionals: true,
   });
+}
+
+/**
+ * Checks the flags every command shares, and their variables, before any
+ * request: each problem is a usage error naming the flag or variable.
+ */
+function _checkFlags(
+  values: Values,
+  io: CliIo,
+): { url: string; timeoutMs: number } {
+  // An empty value is never meant: `--passphrase=` would sign with the
+  // identity of the empty passphrase.
+  for (const [name, value] of Object.entries(values)) {
+    if (value === "") throw usageError(`--${name}: must not be empty`);
+  }
+  const urlSource = values.url !== undefined
+    ? { name: "--url", value: values.url }
+    : { name: "BCS_URL", value: _env(io, "BCS_URL") ?? DEFAULT_URL };
+  let parsed: URL;
+  try {
+    parsed = new URL(urlSource.value);
+  } catch {
+    throw usageError(`${urlSource.name}: "${urlSource.value}" is not a URL`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw usageError(
+      `${urlSource.name}: "${urlSource.value}" is not an http:// or https:// URL`,
+    );
+  }
+  const timeoutMs = _option(() => {
+    if (values.timeout !== undefined) {
+      const seconds = parseIntegerOption(
+        "--timeout",
+        values.timeout,
+        1,
+        MAX_TIMEOUT_SECONDS,
+      );
+      return seconds * 1000;
+    }
+    const ms = _env(io, "BCS_TIMEOUT_MS");
+    return ms === undefined
+      ? DEFAULT_TIMEOUT_MS
+      : parseIntegerOption("BCS_TIMEOUT_MS", ms, 1, MAX_TIMEOUT_SECONDS * 1000);
+  });
+  const { limit, status } = values;
+  if (limit !== undefined) {
+    _option(() => parseIntegerOption("--limit", limit, 1, MAX_PAGE_LIMIT));
+  }
+  if (status !== undefined) {
+    _option(() => parseChoiceOption("--status", status, CHARM_STATUSES));
+  }
+  return { url: urlSource.value, timeoutMs };
+}
+
+/** `parse()`, its `RangeError` turned into a usage error. */
+function _option<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    if (error instanceof RangeError) throw usageError(error.message);
+    throw error;
+  }
 }
 
 function _env(io: CliIo, name: string): string | undefined {
@@ -304,17 +376,14 @@ async function _identity(
 async function _serviceDid(ctx: Context): Promise<string> {
   let body: unknown;
   try {
-    const response = await (ctx.io.fetch ?? fetch)(
-      `${ctx.client.url}/health`,
-      { signal: AbortSignal.timeout(30_000) },
-    );
-    body = await response.json();
+    body = await ctx.client.health();
   } catch (error) {
     throw new CliError(
       `cannot read the service's DID from ${ctx.client.url}/health: ${
-        error instanceof Error ? error.message : String(error)
+        (error as Error).message
       } (give --audience, or set --url)`,
       1,
+      { cause: error },
     );
   }
   const did = (body as { did?: unknown } | null)?.did;
@@ -407,8 +476,12 @@ function _charmTable(charms: _CharmRow[]): string {
 async function _status(ctx: Context): Promise<void> {
   const { client } = ctx;
   const status = await client.request("GET", "/api/status");
-  const health = await (ctx.io.fetch ?? fetch)(`${client.url}/health`)
-    .then((r) => r.json()).catch(() => null);
+  // The counters are worth showing even when /health does not answer.
+  let healthError = "";
+  const health = await client.health().catch((error: Error) => {
+    healthError = error.message;
+    return null;
+  }) as { ok?: unknown; reason?: unknown } | null;
   let charms: _CharmRow[] | null = null;
   if ("queue" in status) {
     // The operator: the charms that need attention first.
@@ -429,7 +502,7 @@ async function _status(ctx: Context): Promise<void> {
       [
         "health",
         health === null
-          ? "unknown"
+          ? `unknown: ${healthError}`
           : health.ok
           ? "ok"
           : `NOT OK: ${health.reason}`,
@@ -469,16 +542,12 @@ async function _list(ctx: Context): Promise<void> {
   if (values.space !== undefined) {
     query.set("space", _didFlag("--space", values.space));
   }
+  // --status and --limit were checked with the other flags.
   if (values.status !== undefined) query.set("status", values.status);
   if (values.integration !== undefined) {
     query.set("integration", values.integration);
   }
-  if (values.limit !== undefined) {
-    if (!/^\d+$/.test(values.limit)) {
-      throw usageError(`--limit: "${values.limit}" is not a whole number`);
-    }
-    query.set("limit", values.limit);
-  }
+  if (values.limit !== undefined) query.set("limit", values.limit.trim());
   const charms: _CharmRow[] = [];
   let cursor: string | null = null;
   do {
@@ -674,10 +743,7 @@ async function _delegates(ctx: Context): Promise<void> {
 }
 
 async function _deadLetters(ctx: Context): Promise<void> {
-  const limit = ctx.values.limit ?? "50";
-  if (!/^\d+$/.test(limit)) {
-    throw usageError(`--limit: "${limit}" is not a whole number`);
-  }
+  const limit = ctx.values.limit?.trim() ?? "50";
   const result = await ctx.client.request(
     "GET",
     `/api/dead-letters?limit=${limit}`,

@@ -19,6 +19,11 @@ const OPERATOR = { authorization: `Bearer ${ADMIN_TOKEN}` };
 interface Served extends AsyncDisposable {
   h: Harness;
   url: string;
+  /**
+   * Paths the server accepts but never answers while the test runs (the
+   * requests end when the server is disposed).
+   */
+  silent: Set<string>;
   /** Runs the CLI; `BCS_URL` points at this server unless `env` says else. */
   cli(
     args: string[],
@@ -26,41 +31,66 @@ interface Served extends AsyncDisposable {
   ): Promise<{ code: number; stdout: string; stderr: string }>;
 }
 
+/**
+ * A CLI that runs this long has hung: it is killed so that the test fails
+ * instead of waiting forever. Not a timing assertion: nothing here comes
+ * near it.
+ */
+const HUNG_CLI_MS = 60_000;
+
 async function _serve(): Promise<Served> {
   // The harness clock is fixed in 2025; tokens minted by the CLI use real
   // time, so the served app reads the real clock.
   const h = await harness({ adminToken: ADMIN_TOKEN, startedAt: Date.now() });
   h.clock.t = Date.now();
+  const silent = new Set<string>();
+  const disposed = Promise.withResolvers<void>();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    h.app.fetch,
+    async (request) => {
+      if (!silent.has(new URL(request.url).pathname)) {
+        return await h.app.fetch(request);
+      }
+      await disposed.promise;
+      return new Response(null, { status: 503 });
+    },
   );
   const url = `http://127.0.0.1:${server.addr.port}`;
   return {
     h,
     url,
+    silent,
     async cli(args, env = {}) {
-      const output = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "--allow-net",
-          "--allow-env",
-          "--allow-read",
-          MAIN,
-          ...args,
-        ],
-        env: { NO_COLOR: "1", BCS_URL: url, BCS_TOKEN: "", ...env },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const decoder = new TextDecoder();
-      return {
-        code: output.code,
-        stdout: decoder.decode(output.stdout),
-        stderr: decoder.decode(output.stderr),
-      };
+      const hung = new AbortController();
+      const timer = setTimeout(() => hung.abort(), HUNG_CLI_MS);
+      try {
+        const output = await new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "--allow-net",
+            "--allow-env",
+            "--allow-read",
+            MAIN,
+            ...args,
+          ],
+          env: { NO_COLOR: "1", BCS_URL: url, BCS_TOKEN: "", ...env },
+          stdout: "piped",
+          stderr: "piped",
+          signal: hung.signal,
+        }).output();
+        assert.ok(!hung.signal.aborted, `the CLI hung: ${args.join(" ")}`);
+        const decoder = new TextDecoder();
+        return {
+          code: output.code,
+          stdout: decoder.decode(output.stdout),
+          stderr: decoder.decode(output.stderr),
+        };
+      } finally {
+        clearTimeout(timer);
+      }
     },
     async [Symbol.asyncDispose]() {
+      disposed.resolve();
       await server.shutdown();
       await h[Symbol.asyncDispose]();
     },
@@ -234,7 +264,7 @@ Deno.test("charms CLI: keygen prints a key file whose DID goes to stderr", async
 
 Deno.test("charms CLI: bad flags and arguments exit 2, service errors exit 1, each one line", async (t) => {
   await using s = await _serve();
-  const cases: [string[], number, RegExp][] = [
+  const cases: [string[], number, RegExp, Record<string, string>?][] = [
     [
       ["list", "--frobnicate"],
       2,
@@ -267,6 +297,65 @@ Deno.test("charms CLI: bad flags and arguments exit 2, service errors exit 1, ea
     ],
     [["list", "--url=nope"], 2, /^error: --url: "nope" is not a URL$/],
     [
+      ["list", "--url=localhost:8000"],
+      2,
+      /^error: --url: "localhost:8000" is not an http:\/\/ or https:\/\/ URL$/,
+    ],
+    [
+      ["list", "--url=ftp://127.0.0.1/"],
+      2,
+      /^error: --url: "ftp:\/\/127.0.0.1\/" is not an http:\/\/ or https:\/\/ URL$/,
+    ],
+    [
+      ["list"],
+      2,
+      /^error: BCS_URL: "localhost:8000" is not an http:\/\/ or https:\/\/ URL$/,
+      { BCS_URL: "localhost:8000" },
+    ],
+    [["token", "--passphrase="], 2, /^error: --passphrase: must not be empty$/],
+    [
+      ["list", `--space=${SPACE}`, "--passphrase", ""],
+      2,
+      /^error: --passphrase: must not be empty$/,
+    ],
+    [["list", "--token="], 2, /^error: --token: must not be empty$/],
+    [
+      ["list", "--limit=0"],
+      2,
+      /^error: --limit: 0 is out of range; use an integer from 1 to 1000$/,
+    ],
+    [
+      ["list", "--limit=1001", `--token=${ADMIN_TOKEN}`],
+      2,
+      /^error: --limit: 1001 is out of range; use an integer from 1 to 1000$/,
+    ],
+    [
+      ["dead-letters", "--limit=2.5"],
+      2,
+      /^error: --limit: "2.5" is not a whole number; use an integer from 1 to 1000$/,
+    ],
+    [
+      ["list", "--status=broken"],
+      2,
+      /^error: --status: "broken" is not accepted; use one of ok, failing, disabled, needs-reauth$/,
+    ],
+    [
+      ["list", "--status=OK"],
+      2,
+      /^error: --status: "OK" is not accepted; use one of ok, failing/,
+    ],
+    [
+      ["status", "--timeout=0"],
+      2,
+      /^error: --timeout: 0 is out of range; use an integer from 1 to 600$/,
+    ],
+    [
+      ["status"],
+      2,
+      /^error: BCS_TIMEOUT_MS: "soon" is not a whole number; use an integer from 1 to 600000$/,
+      { BCS_TIMEOUT_MS: "soon" },
+    ],
+    [
       ["list"],
       1,
       /^error: GET \/api\/charms failed with 401: missing bearer token/,
@@ -287,16 +376,59 @@ Deno.test("charms CLI: bad flags and arguments exit 2, service errors exit 1, ea
       /^error: cannot reach the service at http:\/\/127.0.0.1:9/,
     ],
   ];
-  for (const [args, code, error] of cases) {
-    await t.step(args.join(" "), async () => {
-      const out = await s.cli(args);
-      assert.equal(out.code, code, out.stderr);
-      assert.equal(out.stdout, "");
-      const lines = out.stderr.trim().split("\n");
-      assert.equal(lines.length, 1, `one line, got:\n${out.stderr}`);
-      assert.match(lines[0]!, error);
-    });
+  for (const [args, code, error, env] of cases) {
+    await t.step(
+      `${args.join(" ")}${env ? JSON.stringify(env) : ""}`,
+      async () => {
+        const out = await s.cli(args, env);
+        assert.equal(out.code, code, out.stderr);
+        assert.equal(out.stdout, "");
+        const lines = out.stderr.trim().split("\n");
+        assert.equal(lines.length, 1, `one line, got:\n${out.stderr}`);
+        assert.match(lines[0]!, error);
+      },
+    );
   }
+});
+
+Deno.test("charms CLI: a service that does not answer fails each request after --timeout / BCS_TIMEOUT_MS with one line", async (t) => {
+  await using s = await _serve();
+  const fast = { BCS_TIMEOUT_MS: "200", BCS_TOKEN: ADMIN_TOKEN };
+  const noReply = (path: string) =>
+    `GET ${path}: no reply from ${s.url} within 200 ms (raise --timeout or BCS_TIMEOUT_MS)`;
+
+  await t.step("status when nothing answers", async () => {
+    s.silent.add("/api/status");
+    s.silent.add("/health");
+    const out = await s.cli(["status"], fast);
+    assert.equal(out.code, 1, out.stderr);
+    assert.equal(out.stdout, "");
+    assert.equal(out.stderr.trim(), `error: ${noReply("/api/status")}`);
+  });
+
+  await t.step("status when only /health does not answer", async () => {
+    s.silent.delete("/api/status");
+    const out = await s.cli(["status"], fast);
+    assert.equal(out.code, 0, out.stderr);
+    assert.match(out.stdout, /^charms\s+0 total/m);
+    const health = out.stdout.split("\n").find((l) => l.startsWith("health"));
+    assert.equal(
+      health?.replace(/^health\s+/, ""),
+      `unknown: ${noReply("/health")}`,
+    );
+  });
+
+  await t.step("token, whose audience comes from /health", async () => {
+    const out = await s.cli(["token", "--passphrase=common user"], fast);
+    assert.equal(out.code, 1, out.stderr);
+    assert.equal(out.stdout, "");
+    const lines = out.stderr.trim().split("\n");
+    assert.equal(lines.length, 1, out.stderr);
+    assert.match(
+      lines[0]!,
+      /^error: cannot read the service's DID from .*\/health: GET \/health: no reply from .* within 200 ms .*\(give --audience, or set --url\)$/,
+    );
+  });
 });
 
 Deno.test("charms CLI: --help lists every command and exits 0", async () => {

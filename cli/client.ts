@@ -1,6 +1,7 @@
 /**
  * The CLI's HTTP client: JSON requests to a running service, with the bearer
- * token, and one error type whose message is the line the CLI prints.
+ * token and a timeout on each, and one error type whose message is the line
+ * the CLI prints.
  *
  * @module
  */
@@ -21,6 +22,9 @@ export function usageError(message: string): CliError {
   return new CliError(message, 2);
 }
 
+/** How long one request may take when no timeout is given, ms. */
+export const DEFAULT_TIMEOUT_MS = 10_000;
+
 /** Talks to one service. */
 export interface ApiClient {
   /** The service's base URL, without a trailing slash. */
@@ -29,10 +33,19 @@ export interface ApiClient {
    * Sends a request and returns the JSON body.
    *
    * @throws {CliError} (exit 1) naming the request and the server's error
-   *   when the status is not 2xx, or when the service cannot be reached.
+   *   when the status is not 2xx, or when the service cannot be reached or
+   *   does not answer within the timeout.
    */
   // deno-lint-ignore no-explicit-any
   request(method: string, path: string, body?: unknown): Promise<any>;
+  /**
+   * `GET /health` without a token: its JSON body whatever the status (an
+   * unhealthy service answers 503 and still names its DID).
+   *
+   * @throws {CliError} (exit 1) when the service cannot be reached, does not
+   *   answer within the timeout, or the body is not JSON.
+   */
+  health(): Promise<unknown>;
 }
 
 /** Options for {@linkcode createClient}. */
@@ -41,7 +54,7 @@ export interface ClientOptions {
   /** Resolves the bearer token lazily (minting one may need `/health`). */
   token: () => Promise<string | null>;
   fetch?: typeof fetch;
-  /** Per-request timeout, ms. */
+  /** Per request, reply body included; default {@linkcode DEFAULT_TIMEOUT_MS}. */
   timeoutMs?: number;
 }
 
@@ -49,6 +62,42 @@ export interface ClientOptions {
 export function createClient(options: ClientOptions): ApiClient {
   const url = options.url.replace(/\/+$/, "");
   const doFetch = options.fetch ?? fetch;
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+
+  /** Status and body text of one request, bounded by the timeout. */
+  async function send(
+    method: string,
+    path: string,
+    init: RequestInit,
+  ): Promise<{ response: Response; text: string }> {
+    try {
+      const response = await doFetch(`${url}${path}`, {
+        ...init,
+        method,
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+      // The signal bounds the body too: a reply that stalls midway times out.
+      return { response, text: await response.text() };
+    } catch (error) {
+      if (error instanceof DOMException && error.name === "TimeoutError") {
+        throw new CliError(
+          `${method} ${path}: no reply from ${url} within ${
+            _duration(timeoutMs)
+          } (raise --timeout or BCS_TIMEOUT_MS)`,
+          1,
+          { cause: error },
+        );
+      }
+      throw new CliError(
+        `cannot reach the service at ${url}: ${
+          error instanceof Error ? error.message : String(error)
+        } (set --url or BCS_URL)`,
+        1,
+        { cause: error },
+      );
+    }
+  }
+
   return {
     url,
     async request(method, path, body) {
@@ -56,24 +105,10 @@ export function createClient(options: ClientOptions): ApiClient {
       const token = await options.token();
       if (token !== null) headers.authorization = `Bearer ${token}`;
       if (body !== undefined) headers["content-type"] = "application/json";
-      let response: Response;
-      try {
-        response = await doFetch(`${url}${path}`, {
-          method,
-          headers,
-          ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-          signal: AbortSignal.timeout(options.timeoutMs ?? 30_000),
-        });
-      } catch (error) {
-        throw new CliError(
-          `cannot reach the service at ${url}: ${
-            error instanceof Error ? error.message : String(error)
-          } (set --url or BCS_URL)`,
-          1,
-          { cause: error },
-        );
-      }
-      const text = await response.text();
+      const { response, text } = await send(method, path, {
+        headers,
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      });
       let json: unknown = null;
       try {
         json = text === "" ? null : JSON.parse(text);
@@ -92,5 +127,23 @@ export function createClient(options: ClientOptions): ApiClient {
       }
       return json;
     },
+    async health() {
+      const { response, text } = await send("GET", "/health", {
+        headers: { accept: "application/json" },
+      });
+      try {
+        return JSON.parse(text);
+      } catch {
+        throw new CliError(
+          `GET /health answered ${response.status} without JSON`,
+          1,
+        );
+      }
+    },
   };
+}
+
+/** `10 s`, or `250 ms` when not whole seconds. */
+function _duration(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`;
 }

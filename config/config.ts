@@ -8,7 +8,10 @@ import { parseArgs } from "node:util";
 import { type CharmRef, parseCharmRef } from "../charm/charm.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { parseHostList } from "../lib/net_guard.ts";
-import { describeParseArgsError } from "../lib/parse_args_error.ts";
+import {
+  describeParseArgsError,
+  parseIntegerOption,
+} from "../lib/parse_args_error.ts";
 
 /** Log levels accepted by `LOG_LEVEL`. */
 export const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
@@ -113,7 +116,7 @@ const FLAGS = {
 } as const;
 
 /** Environment variables the service reads, for `--help` and the README. */
-export const ENV_VARS = [
+const ENV_VARS = [
   ["INTEGRATIONS", "comma-separated integrations (like --integration)"],
   ["CYCLE_INTERVAL_MS", "fan-out interval in ms (like --interval)"],
   ["MAX_CONSECUTIVE_FAILURES", "like --failures"],
@@ -387,19 +390,11 @@ function _parse(args: readonly string[]) {
 type Source = { value: string; name: string } | null;
 
 function _int(source: NonNullable<Source>, min: number, max: number): number {
-  const { value, name } = source;
-  if (!/^-?\d+$/.test(value.trim())) {
-    throw new ConfigError(
-      `${name}: "${value}" is not a whole number; use an integer from ${min} to ${max}`,
-    );
+  try {
+    return parseIntegerOption(source.name, source.value, min, max);
+  } catch (error) {
+    throw new ConfigError((error as Error).message);
   }
-  const n = Number(value.trim());
-  if (n < min || n > max) {
-    throw new ConfigError(
-      `${name}: ${n} is out of range; use an integer from ${min} to ${max}`,
-    );
-  }
-  return n;
 }
 
 function _intOr(

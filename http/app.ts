@@ -70,6 +70,7 @@ import {
 import { enqueueManualRun, setDisabledByHand } from "./charm_actions.ts";
 import { registerDashboard } from "./dashboard.ts";
 import { readHealth } from "./health.ts";
+import { DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT } from "./page_limit.ts";
 
 /** Options for {@linkcode createApp}. */
 export interface AppOptions {
@@ -92,12 +93,6 @@ export interface AppOptions {
 
 /** Largest request body accepted, bytes. */
 export const MAX_BODY_BYTES = 64 * 1024;
-
-/** Page size when `?limit=` is absent. */
-export const DEFAULT_PAGE_LIMIT = 50;
-
-/** Largest `?limit=` accepted. */
-export const MAX_PAGE_LIMIT = 1000;
 
 const CHARM_ID_MESSAGE =
   "must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit";
@@ -288,7 +283,6 @@ export function createApp(
       );
     }
     const ref: CharmRef = { space, charmId: body.charmId ?? newCharmId() };
-    await _checkArgument(recipe, body.argument ?? {});
     await createCharm(
       kv,
       ref,
@@ -296,6 +290,7 @@ export function createApp(
       body.argument,
       deps.now(),
       deps.secrets,
+      _checkArgument,
     );
     log.info("Created charm {charm} with recipe {recipe}", {
       charm: formatCharmRef(ref),
@@ -323,15 +318,13 @@ export function createApp(
   app.put("/api/charms/:space/:charmId/argument", async (c) => {
     const ref = await _authorizedRef(c, "replace the argument of charm");
     const body = await _jsonBody(c, false);
-    const summary = await getCharmSummary(kv, ref);
-    const recipe = summary && deps.recipes.get(summary.recipe);
-    if (recipe) await _checkArgument(recipe, body);
     const state = await replaceCharmArgument(
       kv,
       deps.recipes,
       ref,
       body,
       deps.secrets,
+      _checkArgument,
     );
     // The argument may hold tokens: log that it changed, never its value.
     log.info("Replaced the argument of {charm}", {
@@ -536,8 +529,7 @@ export function createApp(
 
   /**
    * Runs the recipe's own argument checks (a webhook URL's host, say) on an
-   * argument its schema accepts; one it refuses is left to the store, which
-   * names the field.
+   * argument the store parsed with the recipe's schema, before it writes.
    *
    * @throws {TypeError} naming the field when the recipe refuses it.
    */
@@ -546,9 +538,7 @@ export function createApp(
     argument: unknown,
   ): Promise<void> {
     if (recipe.checkArgument === undefined) return;
-    const parsed = recipe.argumentSchema.safeParse(argument);
-    if (!parsed.success) return;
-    await recipe.checkArgument(parsed.data, {
+    await recipe.checkArgument(argument, {
       egress: deps.egress,
       // Not the request's signal: reading it switches Deno.serve to legacy
       // abort behaviour. A DNS check gets ten seconds.

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { configure, reset } from "@logtape/logtape";
+import { z } from "zod";
 import type { CharmState } from "../charm/charm.ts";
+import { defineRecipe } from "../charm/recipe.ts";
 import { parseMessage } from "../handlers/messages.ts";
 import { memorySink } from "../lib/log.ts";
 import { writeCharmState } from "../store/charms.ts";
@@ -778,6 +780,64 @@ Deno.test("PUT /api/charms/:space/:charmId/argument replaces the argument, check
   assert.deepEqual((after.cells as Record<string, unknown>).argument, {
     step: 3,
   });
+});
+
+Deno.test("POST /api/charms and PUT .../argument parse the argument once and check what the schema made of it", async () => {
+  let parses = 0;
+  const checked: unknown[] = [];
+  const recipe = defineRecipe({
+    name: "checked",
+    description: "counts its argument's parses",
+    argumentSchema: z.object({ n: z.number().default(1) }).strict()
+      .refine(() => ++parses > 0),
+    resultSchema: z.object({}),
+    initialResult: () => ({}),
+    handlers: {},
+    checkArgument(argument) {
+      checked.push(argument);
+      return argument.n < 0
+        ? Promise.reject(new TypeError("argument.n: must not be negative"))
+        : Promise.resolve();
+    },
+  });
+  await using h = await _harness({ recipes: new Map([["checked", recipe]]) });
+  const cells = async (charmId: string) =>
+    (await _expect(200, h.call("GET", _charmPath(charmId))))
+      .cells as Record<string, unknown>;
+
+  await _expect(
+    201,
+    h.call("POST", "/api/charms", {
+      space: SPACE,
+      recipe: "checked",
+      charmId: "c1",
+    }),
+  );
+  assert.equal(parses, 1);
+  assert.deepEqual(checked, [{ n: 1 }], "the check sees the parsed default");
+  const refused = await _expect(
+    400,
+    h.call("POST", "/api/charms", {
+      space: SPACE,
+      recipe: "checked",
+      charmId: "c2",
+      argument: { n: -1 },
+    }),
+  );
+  assert.equal(refused.error, "argument.n: must not be negative");
+  assert.equal(parses, 2);
+  await _expect(404, h.call("GET", _charmPath("c2")));
+
+  const path = _charmPath("c1", "/argument");
+  await _expect(200, h.call("PUT", path, { n: 5 }));
+  assert.equal(parses, 3);
+  assert.deepEqual((await cells("c1")).argument, { n: 5 });
+  const bad = await _expect(400, h.call("PUT", path, { n: -2 }));
+  assert.equal(bad.error, "argument.n: must not be negative");
+  assert.deepEqual((await cells("c1")).argument, { n: 5 });
+  // A schema failure stops before the check.
+  await _expect(400, h.call("PUT", path, { n: "five" }));
+  assert.deepEqual(checked, [{ n: 1 }, { n: -1 }, { n: 5 }, { n: -2 }]);
 });
 
 Deno.test("PUT .../argument un-parks a charm that needs re-authentication; GET redacts its tokens", async () => {

@@ -49,13 +49,13 @@ import { enqueueManualRun, setDisabledByHand } from "./charm_actions.ts";
 import { type Health, readHealth } from "./health.ts";
 
 /** How often the page refreshes itself, seconds. */
-export const DASHBOARD_REFRESH_SECONDS = 10;
+const DASHBOARD_REFRESH_SECONDS = 10;
 
 /** The most charms the table shows (the API and CLI list them all). */
 export const DASHBOARD_MAX_CHARMS = 300;
 
 /** The `sessionStorage` key that holds the operator token. */
-export const TOKEN_STORAGE_KEY = "bcs.operatorToken";
+const TOKEN_STORAGE_KEY = "bcs.operatorToken";
 
 const ACTIONS = ["run", "enable", "disable"] as const;
 type Action = typeof ACTIONS[number];
@@ -161,7 +161,7 @@ interface PageExtras {
 }
 
 /** Everything a page shows, read from KV. */
-export interface DashboardData {
+interface DashboardData {
   version: string;
   did: string;
   nowMs: number;
@@ -217,7 +217,7 @@ async function _page(
   }
   const notice = extras.notice ?? _noticeFromQuery(c);
   const nonce = _nonce();
-  const body = renderDashboard(data, {
+  const body = _renderDashboard(data, {
     principal,
     nonce,
     ...(extras.formToken !== undefined ? { formToken: extras.formToken } : {}),
@@ -288,7 +288,7 @@ async function _charmsForTable(
 }
 
 /** How the page is rendered for one viewer. */
-export interface RenderOptions {
+interface RenderOptions {
   principal: Principal;
   /** The CSP nonce of the page's script and style. */
   nonce: string;
@@ -297,7 +297,7 @@ export interface RenderOptions {
 }
 
 /** Renders the dashboard page. Pure: the data in, HTML out. */
-export function renderDashboard(
+function _renderDashboard(
   data: DashboardData,
   options: RenderOptions,
 ): string {

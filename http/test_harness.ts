@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import type { Hono } from "hono";
+import type { AnyRecipe } from "../charm/recipe.ts";
 import { Identity } from "../identity/identity.ts";
 import { mintToken } from "../identity/token.ts";
 import type { QueueDriver } from "../queue/queue.ts";
@@ -81,6 +82,8 @@ export interface HarnessOptions {
   deployed?: boolean;
   integrationIds?: string[];
   queue?: (kv: Deno.Kv) => QueueDriver;
+  /** The recipe registry (default: the service's `RECIPES`). */
+  recipes?: ReadonlyMap<string, AnyRecipe>;
   startedAt?: number;
 }
 
@@ -96,6 +99,7 @@ export async function harness(options: HarnessOptions = {}): Promise<Harness> {
     ...(options.integrationIds
       ? { integrationIds: options.integrationIds }
       : {}),
+    ...(options.recipes ? { recipes: options.recipes } : {}),
   });
   const serviceDid = (await operatorIdentity()).did;
   const app = createApp(deps, {

@@ -13,7 +13,7 @@ import type { Identity } from "./identity.ts";
 export const MAX_TOKEN_TTL_SECONDS = 3600;
 
 /** The lifetime `mintToken` uses when none is given. */
-export const DEFAULT_TOKEN_TTL_SECONDS = 3600;
+const DEFAULT_TOKEN_TTL_SECONDS = 3600;
 
 /** Options for {@linkcode mintToken}. */
 export interface MintTokenOptions {

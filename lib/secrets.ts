@@ -20,7 +20,7 @@ import { isDeployed } from "../identity/load_identity.ts";
 import { ConfigError, NonRetriableError } from "./errors.ts";
 
 /** Shortest `SECRETS_KEY` accepted, characters. */
-export const MIN_SECRETS_KEY_LENGTH = 32;
+const MIN_SECRETS_KEY_LENGTH = 32;
 
 /** The HKDF `info`: changing it changes every derived key. */
 const HKDF_INFO = "background-charm-service cell secrets v1";
@@ -71,7 +71,7 @@ export class SecretDecryptionError extends NonRetriableError {
  * @returns `null` when `SECRETS_KEY` is unset and not deployed (secrets are
  *   then stored in plaintext; the caller warns).
  * @throws {ConfigError} naming the variable when `SECRETS_KEY` is unset on
- *   Deno Deploy, a key is shorter than {@linkcode MIN_SECRETS_KEY_LENGTH},
+ *   Deno Deploy, a key is shorter than 32 characters,
  *   `SECRETS_KEY_PREVIOUS` is set without `SECRETS_KEY`, or both are equal.
  *   Messages never quote key material.
  */

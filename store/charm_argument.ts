@@ -20,7 +20,7 @@ import type { AnyRecipe } from "../charm/recipe.ts";
 import { NotFoundError } from "../lib/errors.ts";
 import type { SecretKeys } from "../lib/secrets.ts";
 import { encodeCell } from "./cell_codec.ts";
-import { writeCharmState } from "./charms.ts";
+import { type ArgumentCheck, writeCharmState } from "./charms.ts";
 import { cellKey, charmKey, charmStateKey } from "./keys.ts";
 import { jsonSize, MAX_CELL_BYTES } from "./kv_util.ts";
 
@@ -30,6 +30,8 @@ import { jsonSize, MAX_CELL_BYTES } from "./kv_util.ts";
  *
  * @param secrets seal the recipe's secret fields (OAuth tokens) with these
  *   keys; `null` stores them in plaintext
+ * @param check runs on the parsed argument once it passed the schema and
+ *   the size limit, before anything is written
  * @returns the charm's state after the write.
  * @throws {NotFoundError} when the charm does not exist.
  * @throws {TypeError} naming the field when the argument does not match the
@@ -41,7 +43,11 @@ export async function replaceCharmArgument(
   ref: CharmRef,
   argument: unknown,
   secrets: SecretKeys | null = null,
+  check: ArgumentCheck | null = null,
 ): Promise<CharmState> {
+  // The argument is parsed, checked and sealed once for the charm's recipe;
+  // a retry after contention reuses it unless the recipe changed meanwhile.
+  let prepared: { recipe: AnyRecipe; stored: unknown } | null = null;
   for (let attempt = 0; attempt < 10; attempt++) {
     const [charm, state] = await kv.getMany<[Charm, CharmState]>([
       charmKey(ref),
@@ -56,31 +62,31 @@ export async function replaceCharmArgument(
         `argument: cannot be checked: recipe "${charm.value.recipe}" is not registered in this service`,
       );
     }
-    const parsed = recipe.argumentSchema.safeParse(argument);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new TypeError(
-        `argument${issue?.path.length ? `.${issue.path.join(".")}` : ""}: ${
-          issue?.message ?? "invalid"
-        }`,
-      );
-    }
-    const size = jsonSize(parsed.data);
-    if (size > MAX_CELL_BYTES) {
-      throw new TypeError(
-        `argument: ${size} bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,
-      );
+    if (prepared === null || prepared.recipe !== recipe) {
+      const parsed = recipe.argumentSchema.safeParse(argument);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        throw new TypeError(
+          `argument${issue?.path.length ? `.${issue.path.join(".")}` : ""}: ${
+            issue?.message ?? "invalid"
+          }`,
+        );
+      }
+      const size = jsonSize(parsed.data);
+      if (size > MAX_CELL_BYTES) {
+        throw new TypeError(
+          `argument: ${size} bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,
+        );
+      }
+      if (check !== null) await check(recipe, parsed.data);
+      prepared = {
+        recipe,
+        stored: await encodeCell(secrets, recipe, ref, "argument", parsed.data),
+      };
     }
     const before = state.value ?? initialCharmState();
-    const stored = await encodeCell(
-      secrets,
-      recipe,
-      ref,
-      "argument",
-      parsed.data,
-    );
     const op = kv.atomic().check(charm).check(state)
-      .set(cellKey(ref, "argument"), stored);
+      .set(cellKey(ref, "argument"), prepared.stored);
     let after = before;
     if (before.needsReauth) {
       after = { ...before, needsReauth: false, needsReauthReason: null };

@@ -82,10 +82,22 @@ export function writeCharmState(
 }
 
 /**
+ * Checks an argument that matched its recipe's schema beyond that schema
+ * (I/O such as where a URL resolves), before it is stored: the API runs the
+ * recipe's `checkArgument` here. Throws to refuse the argument.
+ */
+export type ArgumentCheck = (
+  recipe: AnyRecipe,
+  argument: unknown,
+) => Promise<void>;
+
+/**
  * Creates a charm with its cells and initial state.
  *
  * @param secrets seal the recipe's secret fields with these keys (`null`:
  *   store them in plaintext, as when `SECRETS_KEY` is unset)
+ * @param check runs on the parsed argument once it passed the schema and
+ *   the size limit, before anything is written
  * @throws {TypeError} when the argument does not match the recipe's schema or
  *   a cell is too large.
  * @throws {ConflictError} when the charm id is taken in that space.
@@ -97,6 +109,7 @@ export async function createCharm(
   argument: unknown,
   nowMs: number,
   secrets: SecretKeys | null = null,
+  check: ArgumentCheck | null = null,
 ): Promise<Charm> {
   const parsed = recipe.argumentSchema.safeParse(argument ?? {});
   if (!parsed.success) {
@@ -125,6 +138,7 @@ export async function createCharm(
       );
     }
   }
+  if (check !== null) await check(recipe, parsed.data);
   const charm: Charm = { ...ref, recipe: recipe.name, createdAt: nowMs };
   const op = kv.atomic()
     .check({ key: charmKey(ref), versionstamp: null })
