@@ -1,0 +1,269 @@
+/**
+ * Group commit: many handlers' outcome commits in one atomic operation.
+ *
+ * On a local KV every commit is a write transaction on one SQLite thread, so
+ * commits, not handler code, bound how many jobs the `kv` driver finishes per
+ * second. The committer commits one group at a time; the parts that arrive
+ * while a group commits form the next one, so groups grow with the load and a
+ * lone part waits for nobody.
+ *
+ * Two rules keep a group equivalent to its parts committed one by one:
+ * - **No part sees another's writes.** An atomic operation evaluates every
+ *   check before any mutation, so two parts that both check a charm's cells
+ *   and both write them would both pass: a lost update. A part that checks or
+ *   writes a key another part of the group writes (or writes a key another
+ *   checks) waits for the next group. Sums are exempt: they commute.
+ * - **Each part gets its own result.** If any check in a group fails, the
+ *   parts are committed one by one, so only the part whose check failed sees
+ *   `ok: false`.
+ *
+ * A group stays under KV's limits by size (`MAX_GROUP`); when KV refuses one
+ * anyway (too many checks, mutations or bytes: KV Connect allows 10 checks),
+ * the groups get smaller.
+ *
+ * @module
+ */
+import { toError } from "../lib/errors.ts";
+import { logger } from "../lib/log.ts";
+import type { BuildCommit, CommitResult } from "./queue.ts";
+
+/** Most parts in one group commit (100 checks allow 16 of about 6 each). */
+export const MAX_GROUP = 16;
+
+/** How long a group waits for parts that are about to arrive, ms. */
+export const COALESCE_MS = 1;
+
+/** Options for {@linkcode groupCommitter}. */
+export interface GroupCommitOptions {
+  /** Most parts in one group. */
+  maxGroup?: number;
+  /**
+   * How many parts are about to arrive (handlers still running); while any
+   * are, a group not yet full waits up to `coalesceMs` for them.
+   */
+  coming?: () => number;
+  coalesceMs?: number;
+}
+
+/** Commits parts in groups; see the module doc. */
+export interface GroupCommitter {
+  /** Commits what `build` adds, in the next group that can take it. */
+  commit(build: BuildCommit): Promise<CommitResult>;
+  /** Parts waiting for a group (the one committing not included). */
+  readonly waiting: number;
+}
+
+/** Builds a committer over `kv`. */
+export function groupCommitter(
+  kv: Deno.Kv,
+  options: GroupCommitOptions = {},
+): GroupCommitter {
+  const log = logger("queue", "group");
+  const waiting: _Part[] = [];
+  const coming = options.coming ?? (() => 0);
+  const coalesceMs = options.coalesceMs ?? COALESCE_MS;
+  let committing = false;
+  let limit = options.maxGroup ?? MAX_GROUP;
+  let arrived: (() => void) | null = null;
+
+  async function flush(): Promise<void> {
+    committing = true;
+    try {
+      while (waiting.length > 0) {
+        // Parts that are about to arrive make a bigger group for the same
+        // commit: wait for them, briefly.
+        const until = performance.now() + coalesceMs;
+        while (
+          waiting.length < limit && coming() > 0 && performance.now() < until
+        ) {
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(done, coalesceMs);
+            arrived = done;
+            function done() {
+              clearTimeout(timer);
+              arrived = null;
+              resolve();
+            }
+          });
+        }
+        await commitGroup(_takeGroup(waiting, limit));
+      }
+    } finally {
+      committing = false;
+    }
+  }
+
+  async function commitGroup(parts: _Part[]): Promise<void> {
+    if (parts.length > 1) {
+      const op = kv.atomic();
+      for (const part of parts) part.recorded.replay(op);
+      try {
+        const result = await op.commit();
+        if (result.ok) {
+          for (const part of parts) part.resolve(result);
+          return;
+        }
+        // A check failed in some part: commit each alone, below.
+      } catch (error) {
+        // Too large for one operation (or KV failed, which the parts' own
+        // commits report).
+        limit = Math.max(1, Math.floor(parts.length / 2));
+        log.debug(
+          "A group of {parts} was refused; groups of {limit} now: {error}",
+          {
+            parts: parts.length,
+            limit,
+            error: toError(error).message,
+          },
+        );
+      }
+    }
+    for (const part of parts) {
+      try {
+        const op = kv.atomic();
+        part.recorded.replay(op);
+        part.resolve(await op.commit());
+      } catch (error) {
+        part.reject(error);
+      }
+    }
+  }
+
+  return {
+    commit(build) {
+      const recorded = new RecordedOperation();
+      // A build that throws fails its caller alone, before joining a group.
+      build(recorded as unknown as Deno.AtomicOperation);
+      return new Promise((resolve, reject) => {
+        waiting.push({ recorded, resolve, reject });
+        if (!committing) void flush();
+        else arrived?.();
+      });
+    },
+    get waiting() {
+      return waiting.length;
+    },
+  };
+}
+
+/** One waiting outcome commit. */
+interface _Part {
+  recorded: RecordedOperation;
+  resolve(result: CommitResult): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Takes from `waiting`, in order, up to `limit` parts that do not touch each
+ * other's writes; the others stay for the next group.
+ */
+function _takeGroup(waiting: _Part[], limit: number): _Part[] {
+  const group: _Part[] = [];
+  const written = new Set<string>();
+  const read = new Set<string>();
+  let i = 0;
+  while (i < waiting.length && group.length < limit) {
+    const { recorded } = waiting[i]!;
+    const clashes = group.length > 0 &&
+      (_meets(recorded.checked, written) ||
+        _meets(recorded.written, written) ||
+        _meets(recorded.written, read));
+    if (clashes) {
+      i++;
+      continue;
+    }
+    group.push(waiting.splice(i, 1)[0]!);
+    for (const key of recorded.written) written.add(key);
+    for (const key of recorded.checked) read.add(key);
+  }
+  return group;
+}
+
+function _meets(keys: Set<string>, other: Set<string>): boolean {
+  for (const key of keys) if (other.has(key)) return true;
+  return false;
+}
+
+/**
+ * Records what a handler adds to an atomic operation, to replay it into a
+ * real one (alone or with others), with the keys it checks and writes.
+ * Implements the methods of `Deno.AtomicOperation` that only add to it.
+ */
+export class RecordedOperation {
+  readonly checked = new Set<string>();
+  /** Keys set or deleted (sums excluded: they commute). */
+  readonly written = new Set<string>();
+  #steps: ((op: Deno.AtomicOperation) => void)[] = [];
+
+  check(...checks: Deno.AtomicCheck[]): this {
+    for (const check of checks) this.checked.add(keyId(check.key));
+    this.#steps.push((op) => op.check(...checks));
+    return this;
+  }
+
+  mutate(...mutations: Deno.KvMutation[]): this {
+    for (const mutation of mutations) {
+      if (mutation.type !== "sum") this.written.add(keyId(mutation.key));
+    }
+    this.#steps.push((op) => op.mutate(...mutations));
+    return this;
+  }
+
+  set(key: Deno.KvKey, value: unknown, options?: { expireIn?: number }): this {
+    this.written.add(keyId(key));
+    this.#steps.push((op) => op.set(key, value, options));
+    return this;
+  }
+
+  delete(key: Deno.KvKey): this {
+    this.written.add(keyId(key));
+    this.#steps.push((op) => op.delete(key));
+    return this;
+  }
+
+  sum(key: Deno.KvKey, n: bigint): this {
+    this.#steps.push((op) => op.sum(key, n));
+    return this;
+  }
+
+  min(key: Deno.KvKey, n: bigint): this {
+    this.written.add(keyId(key));
+    this.#steps.push((op) => op.min(key, n));
+    return this;
+  }
+
+  max(key: Deno.KvKey, n: bigint): this {
+    this.written.add(keyId(key));
+    this.#steps.push((op) => op.max(key, n));
+    return this;
+  }
+
+  enqueue(
+    value: unknown,
+    options?: Parameters<Deno.AtomicOperation["enqueue"]>[1],
+  ): this {
+    this.#steps.push((op) => op.enqueue(value, options));
+    return this;
+  }
+
+  commit(): never {
+    throw new Error("A delivery's operation is committed by its driver");
+  }
+
+  /** Adds the recorded checks and mutations to `op`. */
+  replay(op: Deno.AtomicOperation): void {
+    for (const step of this.#steps) step(op);
+  }
+}
+
+/** A KV key as a string, equal for equal keys. */
+export function keyId(key: Deno.KvKey): string {
+  let id = "";
+  for (const part of key) {
+    id += part instanceof Uint8Array
+      ? `u${Array.from(part).join(",")}`
+      : `${(typeof part)[0]}${String(part)}`;
+    id += "\u0000";
+  }
+  return id;
+}

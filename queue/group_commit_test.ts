@@ -1,0 +1,99 @@
+import assert from "node:assert/strict";
+import { groupCommitter, keyId, RecordedOperation } from "./group_commit.ts";
+
+/** Starts `n` parts at once, each built by `build(i, op)`. */
+function commitAll(
+  committer: ReturnType<typeof groupCommitter>,
+  n: number,
+  build: (i: number, op: Deno.AtomicOperation) => void,
+) {
+  return Promise.all(
+    Array.from({ length: n }, (_, i) => committer.commit((op) => build(i, op))),
+  );
+}
+
+Deno.test("groupCommitter() commits parts that arrive together as one operation", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const committer = groupCommitter(kv);
+  const results = await commitAll(committer, 6, (i, op) => {
+    op.check({ key: ["jobs", i], versionstamp: null })
+      .set(["jobs", i], i)
+      .sum(["count"], 1n);
+  });
+  assert.ok(results.every((r) => r.ok));
+  // The first goes alone (nothing to wait for); the five that arrived while
+  // it committed share one versionstamp: one commit.
+  const stamps = new Set(results.map((r) => r.ok ? r.versionstamp : ""));
+  assert.equal(stamps.size, 2);
+  assert.equal((await kv.get<Deno.KvU64>(["count"])).value?.value, 6n);
+  for (let i = 0; i < 6; i++) {
+    assert.equal((await kv.get(["jobs", i])).value, i);
+  }
+});
+
+Deno.test("groupCommitter() never groups two parts where one checks what the other writes", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  await kv.set(["cell"], 0);
+  const entry = await kv.get<number>(["cell"]);
+  const committer = groupCommitter(kv);
+  // Three read-modify-writes of one cell from the same read: in one atomic
+  // operation all three checks would pass and two increments be lost.
+  const results = await commitAll(committer, 3, (_i, op) => {
+    op.check(entry).set(["cell"], entry.value! + 1);
+  });
+  assert.deepEqual(results.map((r) => r.ok), [true, false, false]);
+  assert.equal((await kv.get(["cell"])).value, 1);
+});
+
+Deno.test("groupCommitter() fails only the part whose check fails", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  await kv.set(["taken", 2], "someone");
+  const committer = groupCommitter(kv);
+  const results = await commitAll(committer, 4, (i, op) => {
+    op.check({ key: ["taken", i], versionstamp: null }).set(["taken", i], i);
+  });
+  assert.deepEqual(results.map((r) => r.ok), [true, true, false, true]);
+  assert.equal((await kv.get(["taken", 2])).value, "someone");
+  assert.equal((await kv.get(["taken", 3])).value, 3);
+});
+
+Deno.test("groupCommitter() splits a group KV refuses as too large", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const committer = groupCommitter(kv, { maxGroup: 16 });
+  // 30 checks each: a group of 16 (480 checks) or 4 (120) is over KV's 100.
+  const results = await commitAll(committer, 17, (i, op) => {
+    for (let c = 0; c < 30; c++) {
+      op.check({ key: ["free", i, c], versionstamp: null });
+    }
+    op.set(["done", i], true);
+  });
+  assert.ok(results.every((r) => r.ok));
+  for (let i = 0; i < 17; i++) {
+    assert.equal((await kv.get(["done", i])).value, true);
+  }
+});
+
+Deno.test("groupCommitter() rejects only the caller whose build throws", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const committer = groupCommitter(kv);
+  const good = committer.commit((op) => void op.set(["good"], 1));
+  assert.throws(
+    () =>
+      committer.commit(() => {
+        throw new TypeError("bad build");
+      }),
+    /bad build/,
+  );
+  assert.equal((await good).ok, true);
+  assert.equal(committer.waiting, 0);
+});
+
+Deno.test("RecordedOperation notes checked and written keys, not summed ones", () => {
+  const recorded = new RecordedOperation();
+  recorded.check({ key: ["a", 1], versionstamp: null }).set(["b"], 1)
+    .delete(["c"]).sum(["n"], 1n);
+  assert.deepEqual([...recorded.checked], [keyId(["a", 1])]);
+  assert.deepEqual([...recorded.written], [keyId(["b"]), keyId(["c"])]);
+  assert.notEqual(keyId(["a", 1]), keyId(["a", "1"]));
+  assert.throws(() => recorded.commit(), /committed by its driver/);
+});
