@@ -49,7 +49,10 @@ Deno.test("endToEnd() runs every charm once through dispatch() and counts KV ops
   assert.equal(result.succeeded, 20);
   assert.equal(result.failed, 0);
   assert.ok(result.runsPerSecond > 0);
-  assert.ok(result.kvOpsPerRun !== null && result.kvOpsPerRun.writes >= 2);
+  // The no-op recipe is pure: one outcome commit per run and no claim, plus
+  // the fan-out's few commits (its record, one page of enqueues, its end).
+  const writes = result.kvOpsPerRun?.writes ?? 0;
+  assert.ok(writes > 1 && writes < 1.5, `writes per run: ${writes}`);
 });
 
 Deno.test("loadKvDriver() loads the kv driver", async () => {

@@ -24,6 +24,7 @@ export const noopRecipe = defineRecipe({
   argumentSchema: z.object({}).strict(),
   resultSchema: z.object({}),
   initialResult: () => ({}),
+  pure: true,
   handlers: {
     bgUpdater: () => Promise.resolve(),
   },

@@ -96,6 +96,15 @@ export interface Recipe<A, R> {
     result?: readonly SecretPath[];
   };
   /**
+   * `true` when the handlers only read and write their cells: no `fetch`,
+   * nothing outside the charm changes. A pure run takes no lease: it runs on
+   * the cells as it read them and its outcome commits only if nothing changed
+   * meanwhile (else it runs again, then under a lease). That is one commit per
+   * run instead of two. Its context's `fetch` throws and its `signer` is
+   * `null`. Default `false`.
+   */
+  pure?: boolean;
+  /**
    * Checks of a new argument beyond its schema that need I/O (where a URL
    * resolves, say), when a charm is created or its argument replaced. Throws
    * a `TypeError` naming the field (`argument.url: ...`) to refuse it.

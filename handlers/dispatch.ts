@@ -7,7 +7,7 @@
  */
 import { logger } from "../lib/log.ts";
 import { runDuration, runsCounter, withSpan } from "../lib/telemetry.ts";
-import { type Delivery, NO_ACK } from "../queue/queue.ts";
+import { type Delivery, directDelivery } from "../queue/queue.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import type { Message, MessageType } from "./messages.ts";
@@ -33,7 +33,7 @@ export const HANDLERS = {
 export async function dispatch(
   deps: ServiceDeps,
   raw: unknown,
-  delivery: Delivery = NO_ACK,
+  delivery: Delivery = directDelivery(deps.kv),
 ): Promise<unknown> {
   const parsed = parseMessage(raw);
   if (!parsed.ok) {

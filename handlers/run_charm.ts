@@ -7,21 +7,32 @@
  *    is keyed by (charm, integration, slot) or a manual run id. A finished
  *    run, or a delivery of an older attempt than the one recorded, is
  *    dropped: the queue delivers at least once.
- * 2. **Permit.** `--max-concurrent` runs execute at once in this process.
- * 3. **Claim.** One atomic commit takes the per-charm lease (so two runs of a
+ * 2. **Skip or defer.** A disabled or parked charm's run is recorded as
+ *    skipped. A live lease held by someone else defers this delivery: that
+ *    covers both a concurrent duplicate and a crashed holder.
+ * 3. **Permit.** `--max-concurrent` runs execute at once in this process; the
+ *    permit is released when the handler settles, before the outcome commit.
+ * 4. **Claim.** One atomic commit takes the per-charm lease (so two runs of a
  *    charm never overlap, across processes) and marks the run `running`. A
- *    live lease held by someone else defers this delivery until it expires:
- *    that covers both a concurrent duplicate and a crashed holder.
- * 4. **Execute** the integration's `prepare` (a token refresh, say), then the
+ *    pure recipe's run skips this on its first try (below).
+ * 5. **Execute** the integration's `prepare` (a token refresh, say), then the
  *    recipe's stream with the cells (read again only if `prepare` ran: it may
  *    rewrite the argument), all under an `AbortSignal` that fires at the
  *    timeout. Cell writes are buffered in the context.
- * 5. **Record** the outcome in one atomic commit that checks the lease is
+ * 6. **Record** the outcome in one atomic commit that checks the lease is
  *    still ours: the cells (success only), the charm state and its indexes,
  *    the run record, the service counters, the lease release, and for a
- *    retriable failure the next attempt's enqueue. A crash before this commit
- *    leaves the lease to expire and the message to be redelivered; a crash
- *    after it leaves a finished run that a redelivery drops.
+ *    retriable failure the next attempt's enqueue. It goes through
+ *    `delivery.commit`, which acknowledges the delivery in the same commit.
+ *    A crash before this commit leaves the lease to expire and the message to
+ *    be redelivered; a crash after it leaves a finished run that a
+ *    redelivery drops.
+ *
+ * **Pure runs** (`recipe.pure`, no `prepare` hook) take no lease on their
+ * first try: the handler runs on the cells as read, and the one outcome
+ * commit checks that nothing it read has changed. A conflict re-runs it under
+ * a lease. A pure handler has no effects outside its cells (its `fetch`
+ * throws), so executing it twice is harmless: only one execution commits.
  *
  * @module
  */
@@ -43,7 +54,7 @@ import {
   toError,
 } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
-import { type Delivery, NO_ACK } from "../queue/queue.ts";
+import { type Delivery, directDelivery } from "../queue/queue.ts";
 import type { ServiceDeps, TimerId } from "../service/deps.ts";
 import { decodeCell, encodeCell } from "../store/cell_codec.ts";
 import { writeCharmState } from "../store/charms.ts";
@@ -141,7 +152,7 @@ const CLAIM_TRIES = 8;
 export async function runCharm(
   deps: ServiceDeps,
   message: RunMessage,
-  delivery: Delivery = NO_ACK,
+  delivery: Delivery = directDelivery(deps.kv),
 ): Promise<RunOutcome> {
   const ref: CharmRef = {
     space: message.space,
@@ -163,12 +174,7 @@ export async function runCharm(
     return "duplicate";
   }
 
-  const release = await deps.semaphore.acquire();
-  try {
-    return await _claimAndRun(deps, ref, run, message, log, delivery, read);
-  } finally {
-    release();
-  }
+  return await _claimAndRun(deps, ref, run, message, log, delivery, read);
 }
 
 /** The charm, its state, lease, run record and cells, read at once. */
@@ -216,17 +222,11 @@ async function _claimAndRun(
   const { kv, policy } = deps;
   let read: RunRead | null = firstRead;
   for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
-    // A stale first read only makes the claim's checks fail: then re-read.
+    // A stale first read only makes the commits' checks fail: then re-read.
     read ??= await _readRun(kv, ref, run);
-    const [
-      charmEntry,
-      stateEntry,
-      leaseEntry,
-      recordEntry,
-      argEntry,
-      resEntry,
-    ] = read;
+    const current = read;
     read = null;
+    const [charmEntry, stateEntry, leaseEntry, recordEntry] = current;
     const charm = charmEntry.value;
     if (charm === null) {
       await writeDeadLetter(
@@ -261,11 +261,11 @@ async function _claimAndRun(
         error: why,
       };
       // The delivery is acknowledged in the same commit (the kv driver's job).
-      const { ok } = await delivery.ack(kv.atomic()).check(recordEntry)
-        .set(runKey(ref, run), skipped, {
+      const { ok } = await delivery.commit((op) =>
+        op.check(recordEntry).check(stateEntry).set(runKey(ref, run), skipped, {
           expireIn: runRecordTtlMs(policy.intervalMs),
         })
-        .commit();
+      );
       if (!ok) continue;
       log.info("Skipped run: {charm} is {why}", {
         charm: formatCharmRef(ref),
@@ -285,11 +285,12 @@ async function _claimAndRun(
         ? lease.expiresAt - now + 100
         : Math.min(Math.max(lease.expiresAt - now, 250), DEFER_POLL_MS);
       // The copy and this delivery's acknowledgement commit together.
-      const op = deps.queue.enqueue(delivery.ack(kv.atomic()), message, {
-        delayMs: waitMs,
-        undeliveredKey: undeliveredKey(ref, run, message.attempt),
-      });
-      await op.commit();
+      await delivery.commit((op) =>
+        deps.queue.enqueue(op, message, {
+          delayMs: waitMs,
+          undeliveredKey: undeliveredKey(ref, run, message.attempt),
+        })
+      );
       log.debug("Deferred {waitMs} ms: the charm is leased by {holder}", {
         waitMs,
         holder: `${lease.run}#${lease.attempt}`,
@@ -297,78 +298,222 @@ async function _claimAndRun(
       return "deferred";
     }
 
-    const newLease: Lease = {
-      run,
-      attempt: message.attempt,
-      owner: deps.ownerId,
-      expiresAt: now + policy.charmExecutionTimeoutMs + LEASE_MARGIN_MS,
-    };
-    const running: RunRecord = {
-      ..._newRecord(message),
-      state: "running",
-      startedAt: now,
-    };
-    // Everything was read with one getMany, maybe before the permit: the
-    // claim checks the state and the cells unchanged too, so the run starts
-    // from what the lease now protects (a disable meanwhile is seen on the
-    // re-read, and the run skipped).
-    const claim = await kv.atomic()
-      .check(leaseEntry)
-      .check(recordEntry)
-      .check(stateEntry)
-      .check(argEntry)
-      .check(resEntry)
-      .set(charmLeaseKey(ref), newLease)
-      .set(runKey(ref, run), running, {
-        expireIn: runRecordTtlMs(policy.intervalMs),
-      })
-      .commit();
-    if (!claim.ok) continue;
-
-    log.debug("Started run of {charm}", { charm: formatCharmRef(ref) });
-    const execution = await _execute(deps, charm, message, log, [
-      argEntry,
-      resEntry,
-    ]);
-    if (!execution.ok && deps.shutdownSignal.aborted) {
-      // Not the charm's fault: release the charm and let the redelivery run it.
-      await kv.atomic()
-        .check({ key: charmLeaseKey(ref), versionstamp: claim.versionstamp })
-        .delete(charmLeaseKey(ref))
-        .commit();
-      log.info(
-        "Run of {charm} interrupted by shutdown; it runs again after restart",
-        {
-          charm: formatCharmRef(ref),
-        },
-      );
-      return "interrupted";
+    // The permit bounds executions, not commits: it is released as soon as
+    // the handler settles, so outcomes can wait for a group commit while the
+    // next runs execute.
+    const release = await deps.semaphore.acquire();
+    try {
+      // A pure run goes without a lease the first time; after a conflict it
+      // takes one, so a charm many runs contend for still makes progress.
+      const outcome = attempt === 0 && _isPure(deps, charm, message)
+        ? await _runOptimistic(deps, ref, run, message, log, delivery, {
+          charm,
+          read: current,
+          release,
+        })
+        : await _runLeased(deps, ref, run, message, log, delivery, {
+          charm,
+          read: current,
+          release,
+        });
+      if (outcome !== null) return outcome;
+    } finally {
+      release();
     }
-    return await _record(
-      deps,
-      ref,
-      run,
-      message,
-      claim.versionstamp,
-      execution,
-      log,
-      delivery,
-      {
-        charm,
-        lease: {
-          key: charmLeaseKey(ref),
-          value: newLease,
-          versionstamp: claim.versionstamp,
-        },
-        state: stateEntry,
-      },
-    );
   }
   throw new Error(
     `Cannot claim run ${run} of charm ${
       formatCharmRef(ref)
     }: too much contention`,
   );
+}
+
+/** What both ways of running get from the claim loop. */
+interface Claimable {
+  charm: Charm;
+  read: RunRead;
+  /** Releases the execution permit (idempotent). */
+  release: () => void;
+}
+
+/** A run of a pure recipe with no `prepare` hook needs no lease. */
+function _isPure(
+  deps: ServiceDeps,
+  charm: Charm,
+  message: RunMessage,
+): boolean {
+  if (deps.recipes.get(charm.recipe)?.pure !== true) return false;
+  const integration = message.integration === null
+    ? null
+    : deps.allIntegrations.get(message.integration);
+  return integration?.prepare === undefined;
+}
+
+/**
+ * Runs under the charm's lease: claim (lease + run record `running`), execute,
+ * record the outcome checking the lease is still ours.
+ *
+ * @returns `null` when the claim lost a race: read again and retry.
+ */
+async function _runLeased(
+  deps: ServiceDeps,
+  ref: CharmRef,
+  run: string,
+  message: RunMessage,
+  log: Logger,
+  delivery: Delivery,
+  { charm, read, release }: Claimable,
+): Promise<RunOutcome | null> {
+  const { kv, policy } = deps;
+  const [, stateEntry, leaseEntry, recordEntry, argEntry, resEntry] = read;
+  const now = deps.now();
+  const newLease: Lease = {
+    run,
+    attempt: message.attempt,
+    owner: deps.ownerId,
+    expiresAt: now + policy.charmExecutionTimeoutMs + LEASE_MARGIN_MS,
+  };
+  const running: RunRecord = {
+    ..._newRecord(message),
+    state: "running",
+    startedAt: now,
+  };
+  // Everything was read with one getMany, maybe before the permit: the claim
+  // checks the state and the cells unchanged too, so the run starts from
+  // what the lease now protects (a disable meanwhile is seen on the re-read,
+  // and the run skipped).
+  const claim = await kv.atomic()
+    .check(leaseEntry)
+    .check(recordEntry)
+    .check(stateEntry)
+    .check(argEntry)
+    .check(resEntry)
+    .set(charmLeaseKey(ref), newLease)
+    .set(runKey(ref, run), running, {
+      expireIn: runRecordTtlMs(policy.intervalMs),
+    })
+    .commit();
+  if (!claim.ok) return null;
+
+  log.debug("Started run of {charm}", { charm: formatCharmRef(ref) });
+  const execution = await _execute(deps, charm, message, log, {
+    cells: [argEntry, resEntry],
+    pure: false,
+  });
+  release();
+  if (!execution.ok && deps.shutdownSignal.aborted) {
+    // Not the charm's fault: release the charm and let the redelivery run it.
+    await kv.atomic()
+      .check({ key: charmLeaseKey(ref), versionstamp: claim.versionstamp })
+      .delete(charmLeaseKey(ref))
+      .commit();
+    log.info(
+      "Run of {charm} interrupted by shutdown; it runs again after restart",
+      { charm: formatCharmRef(ref) },
+    );
+    return "interrupted";
+  }
+  const result = await _finish(deps, charm, ref, execution);
+
+  // The first commit checks the lease the claim wrote and the state the
+  // claim read; only a conflict costs a read.
+  let known: [Deno.KvEntryMaybe<Lease>, Deno.KvEntryMaybe<CharmState>] | null =
+    [{
+      key: charmLeaseKey(ref),
+      value: newLease,
+      versionstamp: claim.versionstamp,
+    }, stateEntry];
+  for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
+    const [leaseNow, stateNow] = known ??
+      await kv.getMany<[Lease, CharmState]>([
+        charmLeaseKey(ref),
+        charmStateKey(ref),
+      ]);
+    known = null;
+    if (leaseNow.versionstamp !== claim.versionstamp) {
+      // The lease expired mid-run (a stalled process) and another delivery
+      // took it. If that was a redelivery of this run, it records the
+      // outcome; if it was a run of another slot, nobody would, and this
+      // run's record would stay `running` for good. Enqueue this attempt
+      // again: a copy of a run that finishes meanwhile is a duplicate.
+      await delivery.commit((op) =>
+        deps.queue.enqueue(op, message, {
+          delayMs: 0,
+          undeliveredKey: undeliveredKey(ref, run, message.attempt),
+        })
+      );
+      log.warn(
+        "Dropped the outcome of {charm}: its lease expired and another run took it; the run goes again",
+        { charm: formatCharmRef(ref) },
+      );
+      return "lease-lost";
+    }
+    const writes = _outcomeWrites(deps, ref, run, message, result, stateNow);
+    const { ok } = await delivery.commit((op) => {
+      op.check(leaseNow).check(stateNow).delete(charmLeaseKey(ref));
+      writes.apply(op);
+    });
+    if (!ok) continue;
+    _logOutcome(log, writes, ref, message, result.execution, policy);
+    return writes.outcome;
+  }
+  // Leave the lease to expire: the redelivered message will run it again.
+  throw new Error(
+    `Cannot record the outcome of run ${run} of charm ${
+      formatCharmRef(ref)
+    }: too much contention`,
+  );
+}
+
+/**
+ * Runs a pure recipe without a lease: execute on the cells as read, then one
+ * commit that checks nothing the run read has changed (lease, run record,
+ * state, cells) and records the outcome. Two deliveries of one run may both
+ * execute; only one commits, and a pure handler's execution has no other
+ * effect.
+ *
+ * @returns `null` when the commit's checks failed: read again and retry.
+ */
+async function _runOptimistic(
+  deps: ServiceDeps,
+  ref: CharmRef,
+  run: string,
+  message: RunMessage,
+  log: Logger,
+  delivery: Delivery,
+  { charm, read, release }: Claimable,
+): Promise<RunOutcome | null> {
+  const [, stateEntry, leaseEntry, recordEntry, argEntry, resEntry] = read;
+  const execution = await _execute(deps, charm, message, log, {
+    cells: [argEntry, resEntry],
+    pure: true,
+  });
+  release();
+  if (!execution.ok && deps.shutdownSignal.aborted) {
+    // Nothing was written: the redelivery after the restart runs it.
+    log.info(
+      "Run of {charm} interrupted by shutdown; it runs again after restart",
+      { charm: formatCharmRef(ref) },
+    );
+    return "interrupted";
+  }
+  const result = await _finish(deps, charm, ref, execution);
+  const writes = _outcomeWrites(deps, ref, run, message, result, stateEntry);
+  const { ok } = await delivery.commit((op) => {
+    op.check(leaseEntry).check(recordEntry).check(stateEntry)
+      .check(argEntry).check(resEntry);
+    // An expired lease left by a crashed holder goes with this commit.
+    if (leaseEntry.value !== null) op.delete(charmLeaseKey(ref));
+    writes.apply(op);
+  });
+  if (!ok) {
+    log.debug("Run of {charm} raced another; running it again", {
+      charm: formatCharmRef(ref),
+    });
+    return null;
+  }
+  _logOutcome(log, writes, ref, message, result.execution, deps.policy);
+  return writes.outcome;
 }
 
 function _newRecord(message: RunMessage): RunRecord {
@@ -399,7 +544,12 @@ async function _execute(
   charm: Charm,
   message: RunMessage,
   log: Logger,
-  cellsRead: [Deno.KvEntryMaybe<unknown>, Deno.KvEntryMaybe<unknown>],
+  { cells: cellsRead, pure }: {
+    /** The argument and result cells as read with the claim. */
+    cells: [Deno.KvEntryMaybe<unknown>, Deno.KvEntryMaybe<unknown>];
+    /** A pure recipe's run: no `fetch`, no signer. */
+    pure: boolean;
+  },
 ): Promise<Execution> {
   const started = deps.now();
   const fail = (error: unknown): Execution => ({
@@ -506,12 +656,12 @@ async function _execute(
       argument: cells.argument,
       result: cells.result,
       signal: controller.signal,
-      fetch: deps.fetch,
+      fetch: pure ? _pureFetch(recipe.name) : deps.fetch,
       logger: logger("charm").with({ charm: formatCharmRef(ref) }),
       now: deps.now,
       prepared,
       egress: deps.egress,
-      signer: deps.signer,
+      signer: pure ? null : deps.signer,
     };
     await handler(ctx);
     return {
@@ -532,6 +682,16 @@ async function _execute(
     if (!controller.signal.aborted) controller.abort(new Error("Run finished"));
     log.debug("Handler settled");
   }
+}
+
+/** A pure recipe's `fetch`: its runs may execute twice, so no effects. */
+function _pureFetch(recipe: string): typeof fetch {
+  return () =>
+    Promise.reject(
+      new NonRetriableError(
+        `Recipe "${recipe}" is pure: it cannot call fetch (remove \`pure: true\` to use the network)`,
+      ),
+    );
 }
 
 function _bufferedCells(argument: unknown, result: unknown) {
@@ -589,24 +749,22 @@ function _checkCells(
   return null;
 }
 
-async function _record(
+/** An execution checked and ready to store. */
+interface Finished {
+  /** A success whose cells fail the recipe's schemas becomes a failure. */
+  execution: Execution;
+  /** The written cells as stored: secret fields sealed. */
+  storedCells: { argument?: unknown; result?: unknown };
+}
+
+async function _finish(
   deps: ServiceDeps,
+  charm: Charm,
   ref: CharmRef,
-  run: string,
-  message: RunMessage,
-  leaseVersionstamp: string,
   execution: Execution,
-  log: Logger,
-  delivery: Delivery,
-  claimed: {
-    charm: Charm;
-    lease: Deno.KvEntry<Lease>;
-    state: Deno.KvEntryMaybe<CharmState>;
-  },
-): Promise<RunOutcome> {
-  const { kv, policy } = deps;
+): Promise<Finished> {
   // The charm as the claim read it (its recipe cannot change).
-  const recipe = deps.recipes.get(claimed.charm.recipe);
+  const recipe = deps.recipes.get(charm.recipe);
   if (execution.ok) {
     const invalid = _checkCells(recipe, execution.cells);
     if (invalid !== null) {
@@ -618,7 +776,7 @@ async function _record(
     }
   }
   // What is stored: secret fields sealed (the checks above saw plaintext).
-  const storedCells: Record<string, unknown> = {};
+  const storedCells: Finished["storedCells"] = {};
   if (execution.ok && recipe !== undefined) {
     for (const [name, value] of Object.entries(execution.cells)) {
       const cell = name as "argument" | "result";
@@ -631,83 +789,87 @@ async function _record(
       );
     }
   }
+  return { execution, storedCells };
+}
 
-  // The first commit checks the lease the claim wrote and the state the
-  // claim read; only a conflict costs a read.
-  let known: [Deno.KvEntryMaybe<Lease>, Deno.KvEntryMaybe<CharmState>] | null =
-    [claimed.lease, claimed.state];
-  for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
-    const [leaseEntry, stateEntry] = known ??
-      await kv.getMany<[Lease, CharmState]>([
-        charmLeaseKey(ref),
-        charmStateKey(ref),
-      ]);
-    known = null;
-    if (leaseEntry.versionstamp !== leaseVersionstamp) {
-      // The lease expired mid-run (a stalled process) and another delivery
-      // took it. If that was a redelivery of this run, it records the
-      // outcome; if it was a run of another slot, nobody would, and this
-      // run's record would stay `running` for good. Enqueue this attempt
-      // again: a copy of a run that finishes meanwhile is a duplicate.
-      await deps.queue.enqueue(delivery.ack(kv.atomic()), message, {
-        delayMs: 0,
-        undeliveredKey: undeliveredKey(ref, run, message.attempt),
-      }).commit();
-      log.warn(
-        "Dropped the outcome of {charm}: its lease expired and another run took it; the run goes again",
-        { charm: formatCharmRef(ref) },
-      );
-      return "lease-lost";
-    }
-    const now = deps.now();
-    const before = stateEntry.value ?? initialCharmState();
-    const timed = _withTiming(before, execution.durationMs, now);
-    const ttl = { expireIn: runRecordTtlMs(policy.intervalMs) };
-    const base: RunRecord = {
-      ..._newRecord(message),
-      startedAt: now - execution.durationMs,
-      finishedAt: now,
-      durationMs: execution.durationMs,
-    };
-    const op = kv.atomic().check(leaseEntry).check(stateEntry).delete(
-      charmLeaseKey(ref),
+/** An outcome's writes, computed once and added to each commit attempt. */
+interface OutcomeWrites {
+  outcome: RunOutcome;
+  before: CharmState;
+  after: CharmState;
+  apply(op: Deno.AtomicOperation): void;
+}
+
+/**
+ * The outcome of a finished execution against the charm state `stateEntry`:
+ * the cells (success only), the charm state and its indexes, the run record,
+ * the service counters, and for a retriable failure the next attempt's
+ * enqueue. The caller adds its checks and the lease release.
+ */
+function _outcomeWrites(
+  deps: ServiceDeps,
+  ref: CharmRef,
+  run: string,
+  message: RunMessage,
+  { execution, storedCells }: Finished,
+  stateEntry: Deno.KvEntryMaybe<CharmState>,
+): OutcomeWrites {
+  const { policy } = deps;
+  const now = deps.now();
+  const before = stateEntry.value ?? initialCharmState();
+  const timed = _withTiming(before, execution.durationMs, now);
+  const ttl = { expireIn: runRecordTtlMs(policy.intervalMs) };
+  const base: RunRecord = {
+    ..._newRecord(message),
+    startedAt: now - execution.durationMs,
+    finishedAt: now,
+    durationMs: execution.durationMs,
+  };
+  const counter = (op: Deno.AtomicOperation, name: "Successes" | "Failures") =>
+    addToCounter(
+      addToCounter(op, serviceCounterKey(`total${name}`), 1),
+      serviceCounterKey("totalCharmsProcessed"),
+      1,
     );
-    let outcome: RunOutcome;
-    let after: CharmState;
 
-    if (execution.ok) {
-      outcome = "succeeded";
-      after = {
-        ...timed,
-        consecutiveFailures: 0,
-        totalExecutions: before.totalExecutions + 1,
-        totalSuccesses: before.totalSuccesses + 1,
-      };
-      for (const [name, value] of Object.entries(storedCells)) {
-        op.set(cellKey(ref, name as "argument" | "result"), value);
-      }
-      op.set(runKey(ref, run), { ...base, state: "succeeded" }, ttl);
-      addToCounter(op, serviceCounterKey("totalSuccesses"), 1);
-      addToCounter(op, serviceCounterKey("totalCharmsProcessed"), 1);
-    } else {
-      const error = execution.error;
-      const errorText = `${error.name}: ${error.message}`.slice(0, 2000);
-      const retriable = !(error instanceof NonRetriableError);
-      const withError = {
-        ...timed,
-        lastError: errorText,
-        lastErrorTimestamp: now,
-      };
-      if (retriable && message.attempt <= policy.maxRetries) {
-        outcome = "retrying";
-        const delayMs = retryDelayMs(
-          error,
-          message.attempt,
-          policy,
-          deps.random,
-        );
-        after = withError;
-        const next: RunMessage = { ...message, attempt: message.attempt + 1 };
+  if (execution.ok) {
+    const after: CharmState = {
+      ...timed,
+      consecutiveFailures: 0,
+      totalExecutions: before.totalExecutions + 1,
+      totalSuccesses: before.totalSuccesses + 1,
+    };
+    return {
+      outcome: "succeeded",
+      before,
+      after,
+      apply(op) {
+        for (const [name, value] of Object.entries(storedCells)) {
+          op.set(cellKey(ref, name as "argument" | "result"), value);
+        }
+        op.set(runKey(ref, run), { ...base, state: "succeeded" }, ttl);
+        counter(op, "Successes");
+        writeCharmState(op, ref, stateEntry.value, after);
+      },
+    };
+  }
+
+  const error = execution.error;
+  const errorText = `${error.name}: ${error.message}`.slice(0, 2000);
+  const retriable = !(error instanceof NonRetriableError);
+  const withError = {
+    ...timed,
+    lastError: errorText,
+    lastErrorTimestamp: now,
+  };
+  if (retriable && message.attempt <= policy.maxRetries) {
+    const delayMs = retryDelayMs(error, message.attempt, policy, deps.random);
+    const next: RunMessage = { ...message, attempt: message.attempt + 1 };
+    return {
+      outcome: "retrying",
+      before,
+      after: withError,
+      apply(op) {
         op.set(runKey(ref, run), {
           ...base,
           state: "retrying",
@@ -719,65 +881,54 @@ async function _record(
           delayMs,
           undeliveredKey: undeliveredKey(ref, run, next.attempt),
         });
-      } else if (error instanceof NeedsReauthError) {
-        // The user has to act, not the service: park the charm (the fan-out
-        // and this handler skip it until its argument is replaced) without
-        // counting toward being disabled.
-        outcome = "failed";
-        after = {
-          ...withError,
-          totalExecutions: before.totalExecutions + 1,
-          totalFailures: before.totalFailures + 1,
-          needsReauth: true,
-          needsReauthReason: error.message.slice(0, 2000),
-        };
-        op.set(
-          runKey(ref, run),
-          { ...base, state: "failed", error: errorText },
-          ttl,
-        );
-        addToCounter(op, serviceCounterKey("totalFailures"), 1);
-        addToCounter(op, serviceCounterKey("totalCharmsProcessed"), 1);
-      } else {
-        outcome = "failed";
-        const consecutiveFailures = before.consecutiveFailures + 1;
-        const disable = consecutiveFailures >= policy.maxConsecutiveFailures;
-        after = {
-          ...withError,
-          consecutiveFailures,
-          totalExecutions: before.totalExecutions + 1,
-          totalFailures: before.totalFailures + 1,
-          ...(disable && !before.disabled
-            ? {
-              disabled: true,
-              disabledReason:
-                `${consecutiveFailures} consecutive failures; last: ${errorText}`,
-            }
-            : {}),
-        };
-        op.set(
-          runKey(ref, run),
-          { ...base, state: "failed", error: errorText },
-          ttl,
-        );
-        addToCounter(op, serviceCounterKey("totalFailures"), 1);
-        addToCounter(op, serviceCounterKey("totalCharmsProcessed"), 1);
-      }
-    }
-    writeCharmState(op, ref, stateEntry.value, after);
-    // Acknowledge the delivery in the same commit (the kv driver's job).
-    delivery.ack(op);
-    if (!(await op.commit()).ok) continue;
-
-    _logOutcome(log, outcome, ref, message, execution, before, after, policy);
-    return outcome;
+        writeCharmState(op, ref, stateEntry.value, withError);
+      },
+    };
   }
-  // Leave the lease to expire: the redelivered message will run it again.
-  throw new Error(
-    `Cannot record the outcome of run ${run} of charm ${
-      formatCharmRef(ref)
-    }: too much contention`,
-  );
+
+  let after: CharmState;
+  if (error instanceof NeedsReauthError) {
+    // The user has to act, not the service: park the charm (the fan-out and
+    // this handler skip it until its argument is replaced) without counting
+    // toward being disabled.
+    after = {
+      ...withError,
+      totalExecutions: before.totalExecutions + 1,
+      totalFailures: before.totalFailures + 1,
+      needsReauth: true,
+      needsReauthReason: error.message.slice(0, 2000),
+    };
+  } else {
+    const consecutiveFailures = before.consecutiveFailures + 1;
+    const disable = consecutiveFailures >= policy.maxConsecutiveFailures;
+    after = {
+      ...withError,
+      consecutiveFailures,
+      totalExecutions: before.totalExecutions + 1,
+      totalFailures: before.totalFailures + 1,
+      ...(disable && !before.disabled
+        ? {
+          disabled: true,
+          disabledReason:
+            `${consecutiveFailures} consecutive failures; last: ${errorText}`,
+        }
+        : {}),
+    };
+  }
+  return {
+    outcome: "failed",
+    before,
+    after,
+    apply(op) {
+      op.set(
+        runKey(ref, run),
+        { ...base, state: "failed", error: errorText },
+        ttl,
+      );
+      counter(op, "Failures");
+      writeCharmState(op, ref, stateEntry.value, after);
+    },
+  };
 }
 
 function _withTiming(
@@ -806,12 +957,10 @@ function _withTiming(
 
 function _logOutcome(
   log: Logger,
-  outcome: RunOutcome,
+  { outcome, before, after }: OutcomeWrites,
   ref: CharmRef,
   message: RunMessage,
   execution: Execution,
-  before: CharmState,
-  after: CharmState,
   policy: ServiceDeps["policy"],
 ): void {
   const props = {

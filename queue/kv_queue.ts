@@ -11,11 +11,12 @@
  *   writes it back keyed at `now + leaseMs` with the worker's name. A worker
  *   that dies leaves the job to come due again when the lease ends.
  * - **Completion** deletes the leased key: in the handler's own outcome commit
- *   when it calls `delivery.ack(op)`, else right after the handler returns.
- * - **Failure** (the handler throws) re-keys the job after the same backoff
- *   the native driver uses; after the last one, or after too many deliveries
- *   (a job that kills its worker every time), the message goes to its
- *   `keysIfUndelivered` key, like the native queue's.
+ *   when it commits through `delivery.commit`, else right after the handler
+ *   returns.
+ * - **Group commit** (`group_commit.ts`): outcome commits that arrive while
+ *   one commits go together as the next, one atomic operation for many jobs.
+ *   A delivery waiting for its group no longer counts against `maxInFlight`:
+ *   the worker claims the next job meanwhile.
  * - **Wake-up**: a long-running worker sleeps until the next due job, at most
  *   `pollMs`, and wakes early when a local enqueue bumps the wake key
  *   (`kv.watch`). On Deploy, `drain` runs inside each cron tick instead.
@@ -30,6 +31,7 @@ import { fnv1a32 } from "../lib/hash.ts";
 import { logger } from "../lib/log.ts";
 import { queueJobKey, queueShardPrefix, queueWakeKey } from "../store/keys.ts";
 import type { Message } from "../handlers/messages.ts";
+import { groupCommitter, MAX_GROUP } from "./group_commit.ts";
 import { QUEUE_BACKOFF_MS } from "./native_queue.ts";
 import type {
   Delivery,
@@ -76,6 +78,9 @@ export interface KvQueueOptions {
 /** Claims per atomic operation: KV Connect allows 10 checks. */
 export const CLAIM_BATCH = 10;
 
+/** Longest a claimed job waits in the worker for a free slot, ms. */
+export const MAX_BUFFER_WAIT_MS = 2_000;
+
 /** Default number of shards. */
 export const DEFAULT_SHARDS = 8;
 
@@ -91,6 +96,9 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
   let wake: (() => void) | null = null;
   let nextShard = 0;
   const woken = new WeakSet<Deno.AtomicOperation>();
+  /** Deliveries running a handler, not waiting for a group commit. */
+  let busy = 0;
+  const group = groupCommitter(kv, { coming: () => busy });
 
   function shardOf(id: string): number {
     return fnv1a32(id) % shards;
@@ -178,19 +186,33 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
     entry: Deno.KvEntry<Job>,
     handler: MessageHandler,
   ): Promise<void> {
-    let acked = false;
+    let committed = false;
+    let counted = true;
+    busy++;
+    const uncount = () => {
+      if (!counted) return;
+      counted = false;
+      busy--;
+      // A slot is free: the worker may claim the next job now.
+      wake?.();
+    };
     const delivery: Delivery = {
-      ack(op) {
-        acked = true;
-        return op.delete(entry.key);
+      async commit(build) {
+        uncount();
+        const result = await group.commit((op) => {
+          build(op);
+          op.delete(entry.key);
+        });
+        if (result.ok) committed = true;
+        return result;
       },
     };
     try {
       await handler(entry.value.message, delivery);
-      // An acknowledged delivery was deleted in the handler's own commit; if
-      // that commit never happened, the lease runs out and a redelivery
+      // A committed delivery's job was deleted in the handler's own commit;
+      // if that commit never happened, the lease runs out and a redelivery
       // finds the work done.
-      if (!acked) await kv.delete(entry.key);
+      if (!committed) await kv.delete(entry.key);
     } catch (error) {
       await _fail(entry, toError(error)).catch((failError) => {
         // The lease will expire and the job come back: nothing is lost.
@@ -199,6 +221,8 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
           error: toError(failError).message,
         });
       });
+    } finally {
+      uncount();
     }
   }
 
@@ -246,57 +270,110 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
   }
 
   /**
-   * The worker loop shared by `listen` and `drain`: claim what is due up to
-   * the free capacity, run it, sleep until the next due job.
+   * Gives claimed jobs this worker will not deliver back (due now, the claim
+   * not counted as a delivery), so another worker need not wait out the
+   * lease. If this fails, the leases run out and the jobs come back anyway.
+   */
+  async function unclaim(entries: Deno.KvEntry<Job>[]): Promise<void> {
+    for (let i = 0; i < entries.length; i += CLAIM_BATCH) {
+      const op = kv.atomic();
+      for (const entry of entries.slice(i, i + CLAIM_BATCH)) {
+        const job = entry.value;
+        op.check(entry).delete(entry.key).set(
+          queueJobKey(shardOf(job.id), now(), job.id),
+          { ...job, deliveries: job.deliveries - 1, leasedBy: null },
+        );
+      }
+      await op.commit().catch((error) => {
+        log.warn("Cannot give back claimed jobs; their leases will: {error}", {
+          error: toError(error).message,
+        });
+      });
+    }
+  }
+
+  /**
+   * The worker loop shared by `listen` and `drain`: claim what is due ahead
+   * of the free slots (batches of claims are cheaper than single ones), run
+   * it, sleep until the next due job. A claimed job waits at most
+   * `MAX_BUFFER_WAIT_MS` for a slot, well inside its lease; then it is given
+   * back.
    */
   async function work(
     handler: MessageHandler,
     deadline: number,
   ): Promise<number> {
     const inFlight = new Set<Promise<void>>();
+    const buffer: { entry: Deno.KvEntry<Job>; claimedAt: number }[] = [];
+    const prefetch = options.maxInFlight + CLAIM_BATCH;
+    // Deliveries waiting for a group commit leave their slot, up to a bound
+    // on how many may wait at once.
+    const hasSlot = () =>
+      busy < options.maxInFlight &&
+      inFlight.size < options.maxInFlight + MAX_GROUP;
     let delivered = 0;
-    while (!stopped && now() < deadline) {
-      const capacity = options.maxInFlight - inFlight.size;
-      let claimed: Deno.KvEntry<Job>[] = [];
-      try {
-        if (capacity > 0) claimed = await claim(await findDue(capacity));
-      } catch (error) {
-        // KV unavailable for a moment (a locked SQLite file, a network blip):
-        // the worker must outlive it. Jobs stay in KV; try again after a pause.
-        log.warn("Cannot claim jobs, retrying in {ms} ms: {error}", {
-          ms: pollMs,
-          error: toError(error).message,
-        });
-        await new Promise((resolve) => setTimeout(resolve, pollMs));
-        continue;
-      }
-      for (const entry of claimed) {
-        const running = deliver(entry, handler).finally(() =>
-          inFlight.delete(running)
+    try {
+      while (!stopped && now() < deadline) {
+        const stale = buffer.findIndex(({ claimedAt }) =>
+          now() - claimedAt <= MAX_BUFFER_WAIT_MS
         );
-        inFlight.add(running);
-        delivered++;
-      }
-      if (claimed.length > 0 && inFlight.size < options.maxInFlight) continue;
-      // Full, or nothing due: wait for a free slot, a wake-up, or the next
-      // due job, whichever comes first.
-      let waitMs = pollMs;
-      if (inFlight.size < options.maxInFlight) {
-        const untilNext = await msUntilNextDue().catch(() => pollMs);
-        // Draining: nothing more comes due within the budget.
-        if (inFlight.size === 0 && untilNext > deadline - now()) break;
-        waitMs = Math.min(untilNext, pollMs, deadline - now());
-      }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, Math.max(1, waitMs));
-        if (inFlight.size > 0) Promise.race(inFlight).then(done);
-        wake = done;
-        function done() {
-          clearTimeout(timer);
-          wake = null;
-          resolve();
+        const expired = buffer.splice(0, stale < 0 ? buffer.length : stale);
+        if (expired.length > 0) {
+          await unclaim(expired.map(({ entry }) => entry));
         }
-      });
+        let claimed = 0;
+        if (buffer.length < options.maxInFlight && hasSlot()) {
+          try {
+            const entries = await claim(
+              await findDue(prefetch - buffer.length),
+            );
+            const t = now();
+            for (const entry of entries) buffer.push({ entry, claimedAt: t });
+            claimed = entries.length;
+          } catch (error) {
+            // KV unavailable for a moment (a locked SQLite file, a network
+            // blip): the worker must outlive it. Jobs stay in KV; try again
+            // after a pause.
+            log.warn("Cannot claim jobs, retrying in {ms} ms: {error}", {
+              ms: pollMs,
+              error: toError(error).message,
+            });
+            await new Promise((resolve) => setTimeout(resolve, pollMs));
+            continue;
+          }
+        }
+        while (buffer.length > 0 && hasSlot()) {
+          const { entry } = buffer.shift()!;
+          const running = deliver(entry, handler).finally(() =>
+            inFlight.delete(running)
+          );
+          inFlight.add(running);
+          delivered++;
+        }
+        if (claimed > 0 && hasSlot()) continue;
+        // Full, or nothing due: wait for a free slot, a wake-up, or the next
+        // due job, whichever comes first.
+        let waitMs = buffer.length > 0 ? MAX_BUFFER_WAIT_MS : pollMs;
+        if (hasSlot()) {
+          const untilNext = await msUntilNextDue().catch(() => pollMs);
+          // Draining: nothing more comes due within the budget.
+          if (inFlight.size === 0 && untilNext > deadline - now()) break;
+          waitMs = Math.min(untilNext, pollMs, deadline - now());
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, Math.max(1, waitMs));
+          if (inFlight.size > 0) Promise.race(inFlight).then(done);
+          wake = done;
+          function done() {
+            clearTimeout(timer);
+            wake = null;
+            resolve();
+          }
+        });
+      }
+    } finally {
+      // Stopped or out of budget: what was claimed but not started goes back.
+      await unclaim(buffer.splice(0).map(({ entry }) => entry));
     }
     await Promise.allSettled([...inFlight]);
     return delivered;

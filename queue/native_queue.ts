@@ -9,7 +9,11 @@
  *
  * @module
  */
-import { type EnqueueOptions, NO_ACK, type QueueDriver } from "./queue.ts";
+import {
+  directDelivery,
+  type EnqueueOptions,
+  type QueueDriver,
+} from "./queue.ts";
 import type { Message } from "../handlers/messages.ts";
 
 /** Queue-level redelivery delays after a handler throws, ms (≤ 5 entries). */
@@ -41,7 +45,8 @@ export function nativeQueue(
       });
     },
     listen(handler) {
-      return kv.listenQueue((raw) => handler(raw, NO_ACK));
+      const delivery = directDelivery(kv);
+      return kv.listenQueue((raw) => handler(raw, delivery));
     },
   };
 }

@@ -19,15 +19,26 @@ export interface EnqueueOptions {
   undeliveredKey: Deno.KvKey;
 }
 
+/** What a delivery's {@linkcode Delivery.commit} resolves to. */
+export type CommitResult = Deno.KvCommitResult | Deno.KvCommitError;
+
+/** Adds a handler's checks and mutations to an atomic operation. */
+export type BuildCommit = (op: Deno.AtomicOperation) => void;
+
 /**
- * One delivery of a message, as its handler sees it. A handler that commits
- * its outcome may call `ack(op)` to acknowledge the delivery in that same
- * commit (the `kv` driver then deletes the job there, saving a commit); a
- * delivery not acknowledged is acknowledged by the driver when the handler
- * returns.
+ * One delivery of a message, as its handler sees it. A handler commits its
+ * outcome through `commit`, which acknowledges the delivery in the same
+ * atomic operation (the `kv` driver deletes the job there, saving a commit).
+ * The `kv` driver may also commit several deliveries' operations as one (a
+ * group commit); the result is still this delivery's own: a check that fails
+ * in another delivery's part never fails this one. A delivery that did not
+ * commit is acknowledged by the driver when the handler returns.
+ *
+ * `build` only adds checks and mutations to `op` (the `kv` driver records
+ * them to replay in a group), and is called once.
  */
 export interface Delivery {
-  ack(op: Deno.AtomicOperation): Deno.AtomicOperation;
+  commit(build: BuildCommit): Promise<CommitResult>;
 }
 
 /** A message handler: returning acknowledges, throwing asks for redelivery. */
@@ -77,5 +88,17 @@ export interface QueueDriver {
   stop?(): void;
 }
 
-/** The acknowledgement of a driver that needs none. */
-export const NO_ACK: Delivery = { ack: (op) => op };
+/**
+ * The delivery of a driver whose acknowledgement is not a KV write (the
+ * native queue acknowledges when the handler returns), and of runs started
+ * outside any queue: `commit` commits at once.
+ */
+export function directDelivery(kv: Deno.Kv): Delivery {
+  return {
+    commit(build) {
+      const op = kv.atomic();
+      build(op);
+      return op.commit();
+    },
+  };
+}

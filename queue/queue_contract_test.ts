@@ -167,10 +167,10 @@ for (const driver of DRIVERS) {
       await new Promise((resolve) => setTimeout(resolve, 1)); // Simulated work.
       // An idempotent effect: the first delivery records it.
       const key = ["effects", id];
-      const op = kv.atomic().check({ key, versionstamp: null }).set(key, true)
-        .sum(["effects_count"], 1n);
-      delivery.ack(op);
-      await op.commit();
+      await delivery.commit((op) =>
+        op.check({ key, versionstamp: null }).set(key, true)
+          .sum(["effects_count"], 1n)
+      );
       running.delete(id);
     };
     const listening = workers.map((w) => w.listen(handler));

@@ -24,6 +24,8 @@ export const counterRecipe = defineRecipe({
   argumentSchema,
   resultSchema,
   initialResult: () => ({ count: 0, lastRunAt: null, lastSlot: null }),
+  // Only its cells change: its runs need no lease (charm/recipe.ts).
+  pure: true,
   handlers: {
     bgUpdater(ctx) {
       const previous = ctx.result.get();

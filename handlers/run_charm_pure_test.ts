@@ -1,0 +1,218 @@
+/**
+ * Runs of pure recipes: no lease, one commit that checks everything the run
+ * read, and a leased re-run after a conflict.
+ */
+import assert from "node:assert/strict";
+import { z } from "zod";
+import type { CharmRef, CharmState } from "../charm/charm.ts";
+import { type AnyRecipe, defineRecipe } from "../charm/recipe.ts";
+import { RECIPES } from "../recipes/mod.ts";
+import { createCharm } from "../store/charms.ts";
+import {
+  cellKey,
+  charmLeaseKey,
+  charmStateKey,
+  runKey,
+} from "../store/keys.ts";
+import {
+  deferred,
+  makeTestDeps,
+  recordingQueue,
+  runMessageFor,
+  SPACE,
+  waitFor,
+} from "../test/test_deps.ts";
+import { type Lease, runCharm, type RunRecord } from "./run_charm.ts";
+
+const SLOT = Date.UTC(2026, 10, 28, 12, 0);
+
+/** A pure counter whose runs wait on `gates` (one per execution, in order). */
+function gatedCounter(gates: Promise<void>[], started: () => void) {
+  let executions = 0;
+  const recipe = defineRecipe({
+    name: "test-pure-gated",
+    description: "pure: counts runs, each waits on its gate",
+    pure: true,
+    argumentSchema: z.object({}),
+    resultSchema: z.object({ runs: z.number() }),
+    initialResult: () => ({ runs: 0 }),
+    handlers: {
+      async bgUpdater(ctx) {
+        const gate = gates[executions++];
+        started();
+        await gate;
+        ctx.result.set({ runs: ctx.result.get().runs + 1 });
+      },
+    },
+  });
+  return { recipe, executions: () => executions };
+}
+
+async function setup(...extra: AnyRecipe[]) {
+  const kv = await Deno.openKv(":memory:");
+  const queue = recordingQueue(kv);
+  const recipes = new Map(RECIPES);
+  for (const recipe of extra) recipes.set(recipe.name, recipe);
+  const deps = await makeTestDeps({ kv, queue, recipes, now: () => SLOT });
+  return {
+    deps,
+    kv,
+    queue,
+    async create(recipe: string, charmId = "p1"): Promise<CharmRef> {
+      const ref = { space: SPACE, charmId };
+      await createCharm(kv, ref, recipes.get(recipe)!, {}, SLOT);
+      return ref;
+    },
+    async runs(ref: CharmRef): Promise<number> {
+      const result = await kv.get<{ runs: number }>(cellKey(ref, "result"));
+      return result.value!.runs;
+    },
+  };
+}
+
+Deno.test("runCharm() runs a pure recipe without a lease or a running record", async () => {
+  const gate = deferred();
+  let started = 0;
+  const counter = gatedCounter([gate.promise], () => started++);
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const ref = await t.create(counter.recipe.name);
+  const message = runMessageFor(ref, SLOT);
+
+  const running = runCharm(t.deps, message);
+  await waitFor("the handler to start", () => started === 1);
+  // Mid-run: nothing written yet, nothing held.
+  assert.equal((await t.kv.get(charmLeaseKey(ref))).value, null);
+  assert.equal((await t.kv.get(runKey(ref, `manual:${SLOT}`))).value, null);
+  gate.resolve();
+  assert.equal(await running, "succeeded");
+
+  assert.equal(await t.runs(ref), 1);
+  const record = await t.kv.get<RunRecord>(runKey(ref, `manual:${SLOT}`));
+  assert.equal(record.value?.state, "succeeded");
+  const state = await t.kv.get<CharmState>(charmStateKey(ref));
+  assert.equal(state.value?.totalSuccesses, 1);
+  assert.equal((await t.kv.get(charmLeaseKey(ref))).value, null);
+});
+
+Deno.test("runCharm() records two concurrent deliveries of a pure run once", async () => {
+  const gate = deferred();
+  let started = 0;
+  const counter = gatedCounter([gate.promise, gate.promise], () => started++);
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const ref = await t.create(counter.recipe.name);
+  const message = runMessageFor(ref, SLOT);
+
+  const both = [runCharm(t.deps, message), runCharm(t.deps, message)];
+  // Both execute (neither takes a lease) ...
+  await waitFor("both handlers to start", () => started === 2);
+  gate.resolve();
+  // ... and only one commits; the other finds the run finished.
+  assert.deepEqual((await Promise.all(both)).sort(), [
+    "duplicate",
+    "succeeded",
+  ]);
+  assert.equal(counter.executions(), 2);
+  assert.equal(await t.runs(ref), 1);
+  const state = await t.kv.get<CharmState>(charmStateKey(ref));
+  assert.equal(state.value?.totalExecutions, 1);
+});
+
+Deno.test("runCharm() runs a pure run again under a lease when its cells changed meanwhile", async () => {
+  const first = deferred();
+  const third = deferred();
+  let started = 0;
+  // Execution 1 (slot A) waits; execution 2 (slot B) runs through; A's commit
+  // then fails its checks and A runs again (execution 3) on B's result.
+  const counter = gatedCounter(
+    [first.promise, Promise.resolve(), third.promise],
+    () => started++,
+  );
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const ref = await t.create(counter.recipe.name);
+
+  const a = runCharm(t.deps, runMessageFor(ref, SLOT));
+  await waitFor("run A to start", () => started === 1);
+  assert.equal(
+    await runCharm(t.deps, runMessageFor(ref, SLOT + 60_000)),
+    "succeeded",
+  );
+  first.resolve();
+  await waitFor("run A to start again", () => started === 3);
+  // This time under the charm's lease, with a `running` record.
+  const lease = await t.kv.get<Lease>(charmLeaseKey(ref));
+  assert.equal(lease.value?.run, `manual:${SLOT}`);
+  const record = await t.kv.get<RunRecord>(runKey(ref, `manual:${SLOT}`));
+  assert.equal(record.value?.state, "running");
+  third.resolve();
+  assert.equal(await a, "succeeded");
+
+  assert.equal(counter.executions(), 3);
+  // No lost update: both runs counted.
+  assert.equal(await t.runs(ref), 2);
+  const state = await t.kv.get<CharmState>(charmStateKey(ref));
+  assert.equal(state.value?.totalSuccesses, 2);
+  // The re-run took the lease and gave it back.
+  assert.equal((await t.kv.get(charmLeaseKey(ref))).value, null);
+});
+
+Deno.test("runCharm() fails a pure recipe that calls fetch, naming why", async () => {
+  const sneaky = defineRecipe({
+    name: "test-pure-fetch",
+    description: "pure, but fetches",
+    pure: true,
+    argumentSchema: z.object({}),
+    resultSchema: z.object({}),
+    initialResult: () => ({}),
+    handlers: {
+      async bgUpdater(ctx) {
+        await ctx.fetch("http://127.0.0.1:9/");
+      },
+    },
+  });
+  const t = await setup(sneaky);
+  await using _deps = t.deps;
+  const ref = await t.create(sneaky.name);
+  assert.equal(await runCharm(t.deps, runMessageFor(ref, SLOT)), "failed");
+  const state = await t.kv.get<CharmState>(charmStateKey(ref));
+  assert.match(
+    state.value?.lastError ?? "",
+    /NonRetriableError: Recipe "test-pure-fetch" is pure: it cannot call fetch/,
+  );
+  // Non-retriable: no retry was enqueued.
+  assert.equal(t.queue.sent.length, 0);
+});
+
+Deno.test("runCharm() leaves nothing behind when shutdown interrupts a pure run", async () => {
+  let started = 0;
+  const never = new Promise<void>(() => {});
+  const counter = gatedCounter([never], () => started++);
+  const shutdown = new AbortController();
+  const kv = await Deno.openKv(":memory:");
+  const recipes = new Map<string, AnyRecipe>(RECIPES);
+  recipes.set(counter.recipe.name, counter.recipe);
+  await using deps = await makeTestDeps({
+    kv,
+    queue: recordingQueue(kv),
+    recipes,
+    now: () => SLOT,
+    shutdownSignal: shutdown.signal,
+  });
+  const ref = { space: SPACE, charmId: "p1" };
+  await createCharm(kv, ref, counter.recipe, {}, SLOT);
+  const before = await kv.get(charmStateKey(ref));
+
+  const running = runCharm(deps, runMessageFor(ref, SLOT));
+  await waitFor("the handler to start", () => started === 1);
+  shutdown.abort();
+  assert.equal(await running, "interrupted");
+
+  assert.equal((await kv.get(runKey(ref, `manual:${SLOT}`))).value, null);
+  assert.equal(
+    (await kv.get(charmStateKey(ref))).versionstamp,
+    before.versionstamp,
+  );
+  assert.equal((await kv.get(charmLeaseKey(ref))).value, null);
+});

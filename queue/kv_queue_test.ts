@@ -1,0 +1,120 @@
+/**
+ * What only the `kv` driver does: claiming ahead of its free slots, and
+ * giving back what it claimed but did not start.
+ */
+import assert from "node:assert/strict";
+import type { Message } from "../handlers/messages.ts";
+import { queueShardPrefix } from "../store/keys.ts";
+import { deferred, runMessageFor, SPACE, waitFor } from "../test/test_deps.ts";
+import {
+  DEFAULT_SHARDS,
+  type Job,
+  kvQueue,
+  MAX_BUFFER_WAIT_MS,
+} from "./kv_queue.ts";
+
+async function jobs(kv: Deno.Kv): Promise<Job[]> {
+  const all: Job[] = [];
+  for (let shard = 0; shard < DEFAULT_SHARDS; shard++) {
+    for await (const e of kv.list<Job>({ prefix: queueShardPrefix(shard) })) {
+      all.push(e.value);
+    }
+  }
+  return all;
+}
+
+function messages(n: number): Message[] {
+  return Array.from(
+    { length: n },
+    (_, i) => runMessageFor({ space: SPACE, charmId: `k${i}` }, i),
+  );
+}
+
+Deno.test({
+  name: "kv queue: jobs claimed but not started go back when the worker stops",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await using kv = await Deno.openKv(":memory:");
+    const queue = kvQueue(kv, { owner: "w", leaseMs: 60_000, maxInFlight: 1 });
+    const gate = deferred();
+    const started: string[] = [];
+    const listening = queue.listen(async (raw) => {
+      started.push((raw as Message).charmId);
+      await gate.promise;
+    });
+    const op = kv.atomic();
+    for (const m of messages(5)) {
+      queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead", m.charmId] });
+    }
+    await op.commit();
+    await waitFor("the first job to start", () => started.length === 1);
+    // One slot: the worker claimed the other four ahead of it.
+    assert.equal((await jobs(kv)).filter((j) => j.leasedBy === "w").length, 5);
+
+    queue.stop!();
+    await waitFor(
+      "the four to be given back",
+      async () =>
+        (await jobs(kv)).filter((j) => j.leasedBy === null).length === 4,
+    );
+    // Given back as never delivered, due now: another worker takes them at
+    // once, not after the lease.
+    for (const job of (await jobs(kv)).filter((j) => j.leasedBy === null)) {
+      assert.equal(job.deliveries, 0, job.id);
+    }
+    gate.resolve();
+    await listening;
+    assert.deepEqual(started.length, 1);
+    assert.equal((await jobs(kv)).length, 4);
+  },
+});
+
+Deno.test({
+  name: "kv queue: a claimed job that waits too long for a slot goes back",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await using kv = await Deno.openKv(":memory:");
+    let clock = Date.UTC(2026, 10, 28);
+    const queue = kvQueue(kv, {
+      owner: "w",
+      leaseMs: 60_000,
+      maxInFlight: 1,
+      now: () => clock,
+    });
+    const gate = deferred();
+    const started: string[] = [];
+    const listening = queue.listen(async (raw) => {
+      started.push((raw as Message).charmId);
+      await gate.promise;
+    });
+    try {
+      const op = kv.atomic();
+      for (const m of messages(3)) {
+        queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead"] });
+      }
+      await op.commit();
+      await waitFor("the first job to start", () => started.length === 1);
+      // The run in the only slot takes longer than a claimed job may wait.
+      clock += MAX_BUFFER_WAIT_MS + 1;
+      await waitFor(
+        "the two waiting jobs to be given back",
+        async () =>
+          (await jobs(kv)).filter((j) => j.leasedBy === null).length === 2,
+        10_000,
+      );
+      gate.resolve();
+      await waitFor("every job to run", () => started.length === 3);
+      await waitFor(
+        "the table to empty",
+        async () => (await jobs(kv)).length === 0,
+      );
+      assert.deepEqual(started.sort(), ["k0", "k1", "k2"]);
+    } finally {
+      gate.resolve();
+      queue.stop!();
+      await listening;
+    }
+  },
+});
