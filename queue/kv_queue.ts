@@ -305,7 +305,6 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
   ): Promise<number> {
     const inFlight = new Set<Promise<void>>();
     const buffer: { entry: Deno.KvEntry<Job>; claimedAt: number }[] = [];
-    const prefetch = options.maxInFlight + CLAIM_BATCH;
     // Deliveries waiting for a group commit leave their slot, up to a bound
     // on how many may wait at once.
     const hasSlot = () =>
@@ -324,9 +323,9 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
         let claimed = 0;
         if (buffer.length < options.maxInFlight && hasSlot()) {
           try {
-            const entries = await claim(
-              await findDue(prefetch - buffer.length),
-            );
+            // One claim commit per batch, whatever its size: claim a
+            // full one.
+            const entries = await claim(await findDue(CLAIM_BATCH));
             const t = now();
             for (const entry of entries) buffer.push({ entry, claimedAt: t });
             claimed = entries.length;
