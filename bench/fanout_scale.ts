@@ -81,6 +81,7 @@ export async function fanoutOnce(
       args: [
         "run",
         "--allow-all",
+        ...(await serviceV8Flags()),
         new URL("./fanout_worker.ts", import.meta.url).pathname,
         path,
       ],
@@ -129,4 +130,17 @@ async function _removeKv(path: string): Promise<void> {
   for (const suffix of SQLITE_SUFFIXES) {
     await Deno.remove(path + suffix).catch(() => {});
   }
+}
+
+/**
+ * The V8 flags `deno task start` runs the service with (from `deno.json`), so
+ * the fan-out worker's memory is the service's.
+ */
+export async function serviceV8Flags(): Promise<string[]> {
+  const config = JSON.parse(
+    await Deno.readTextFile(new URL("../deno.json", import.meta.url)),
+  ) as { tasks: Record<string, string> };
+  return config.tasks.start!.split(/\s+/).filter((arg) =>
+    arg.startsWith("--v8-flags=")
+  );
 }

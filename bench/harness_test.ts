@@ -3,6 +3,7 @@ import { loadBenchConfig } from "./config.ts";
 import { countingKv, totalOps } from "./counting_kv.ts";
 import { isDriver, loadKvDriver, loadNativeDriver } from "./drivers.ts";
 import { endToEnd } from "./end_to_end.ts";
+import { serviceV8Flags } from "./fanout_scale.ts";
 import { queueBaseline } from "./queue_baseline.ts";
 import { noopRecipe } from "./recipes.ts";
 import { seedDifference } from "./seed.ts";
@@ -87,4 +88,10 @@ Deno.test("loadBenchConfig() scales down for --quick and names bad variables", (
       error.message.includes("BENCH_REPS") &&
       error.message.includes("BENCH_LATENESS_INTERVAL_S"),
   );
+});
+
+Deno.test("serviceV8Flags() gives the fan-out worker the service's V8 flags", async () => {
+  assert.deepEqual(await serviceV8Flags(), [
+    "--v8-flags=--max-semi-space-size=8",
+  ]);
 });
