@@ -32,13 +32,8 @@ import type { IntegrationConfig } from "../integrations/integration.ts";
 import { fnv1a32 } from "../lib/hash.ts";
 import { logger } from "../lib/log.ts";
 import type { ServiceDeps } from "../service/deps.ts";
-import {
-  charmKey,
-  charmStateKey,
-  fanoutKey,
-  undeliveredKey,
-} from "../store/keys.ts";
-import { getManyChunked } from "../store/kv_util.ts";
+import { readCharmsWithState } from "../store/charms.ts";
+import { fanoutKey, undeliveredKey } from "../store/keys.ts";
 import { runKeyOf, type RunMessage } from "./messages.ts";
 
 /** Length of one cron tick's window. */
@@ -203,10 +198,7 @@ export async function fanout(
       cursor: entry.value.cursor,
       limit: pageSize,
     });
-    const entries = await getManyChunked<Charm | CharmState>(
-      kv,
-      page.charms.flatMap((ref) => [charmKey(ref), charmStateKey(ref)]),
-    );
+    const entries = await readCharmsWithState(kv, page.charms);
     const now = deps.now();
     const op = kv.atomic().check(entry);
     let enqueued = 0;
@@ -216,8 +208,8 @@ export async function fanout(
       why: string | null;
     }[] = [];
     page.charms.forEach((ref, i) => {
-      const charm = entries[2 * i]?.value as Charm | null;
-      const stateEntry = entries[2 * i + 1] as Deno.KvEntryMaybe<CharmState>;
+      const charm = entries[i]!.charm.value;
+      const stateEntry = entries[i]!.state;
       const state = stateEntry?.value ?? null;
       const why = _skipReason(deps, config, charm, state);
       // A charm skipped for a reason of its own (not disabled or parked, which

@@ -25,6 +25,7 @@
  */
 import { toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
+import { keyId } from "../store/kv_util.ts";
 import type { BuildCommit, CommitResult } from "./queue.ts";
 
 /** Most parts in one group commit (100 checks allow 16 of about 6 each). */
@@ -254,16 +255,4 @@ export class RecordedOperation {
   replay(op: Deno.AtomicOperation): void {
     for (const step of this.#steps) step(op);
   }
-}
-
-/** A KV key as a string, equal for equal keys. */
-export function keyId(key: Deno.KvKey): string {
-  let id = "";
-  for (const part of key) {
-    id += part instanceof Uint8Array
-      ? `u${Array.from(part).join(",")}`
-      : `${(typeof part)[0]}${String(part)}`;
-    id += "\u0000";
-  }
-  return id;
 }

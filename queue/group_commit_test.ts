@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { groupCommitter, keyId, RecordedOperation } from "./group_commit.ts";
+import { keyId } from "../store/kv_util.ts";
+import { groupCommitter, RecordedOperation } from "./group_commit.ts";
 
 /** Starts `n` parts at once, each built by `build(i, op)`. */
 function commitAll(

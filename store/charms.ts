@@ -36,7 +36,7 @@ import {
 } from "./keys.ts";
 import {
   addToCounter,
-  getManyChunked,
+  getManyByRange,
   jsonSize,
   MAX_CELL_BYTES,
 } from "./kv_util.ts";
@@ -90,6 +90,24 @@ export type ArgumentCheck = (
   recipe: AnyRecipe,
   argument: unknown,
 ) => Promise<void>;
+
+/**
+ * Reads the charm records and states of `refs`, given in key order (as a
+ * registry or index lists them): two range scans, not a `getMany` per five
+ * charms. The fan-out and the listings read each page this way.
+ */
+export async function readCharmsWithState(
+  kv: Deno.Kv,
+  refs: readonly CharmRef[],
+): Promise<
+  { charm: Deno.KvEntryMaybe<Charm>; state: Deno.KvEntryMaybe<CharmState> }[]
+> {
+  const [charms, states] = await Promise.all([
+    getManyByRange<Charm>(kv, refs.map(charmKey)),
+    getManyByRange<CharmState>(kv, refs.map(charmStateKey)),
+  ]);
+  return refs.map((_, i) => ({ charm: charms[i]!, state: states[i]! }));
+}
 
 /**
  * Creates a charm with its cells and initial state.
@@ -274,18 +292,15 @@ export async function listCharms(
   }
   const hasMore = refs.length > scanLimit;
   const scanned = refs.slice(0, scanLimit);
-  const entries = await getManyChunked<Charm | CharmState>(
-    kv,
-    scanned.flatMap((ref) => [charmKey(ref), charmStateKey(ref)]),
-  );
+  const entries = await readCharmsWithState(kv, scanned);
   const charms: CharmSummary[] = [];
   let last: CharmRef | null = null;
   for (let i = 0; i < scanned.length; i++) {
     if (charms.length === options.limit) break;
     last = scanned[i]!;
-    const charm = entries[2 * i]?.value as Charm | null;
+    const charm = entries[i]!.charm.value;
     if (!charm) continue;
-    const state = (entries[2 * i + 1]?.value as CharmState | null) ??
+    const state = entries[i]!.state.value ??
       initialCharmState();
     const status = charmStatus(state);
     if (filterBoth && status !== options.status) continue;

@@ -17,6 +17,56 @@ export async function getManyChunked<T>(
   return results.flat() as Deno.KvEntryMaybe<T>[];
 }
 
+/**
+ * Reads the entries at `keys`, which must be in KV order, with one bounded
+ * `list` over their range instead of a `getMany` per 10 keys: a page of a
+ * registry read this way costs one KV request, not ten. The scan stops after
+ * `scanFactor` × `keys.length` entries (a sparse range); then the keys it did
+ * not reach are read with `getMany`. Like {@linkcode getManyChunked}, the
+ * result is not one snapshot.
+ */
+export async function getManyByRange<T>(
+  kv: Deno.Kv,
+  keys: readonly Deno.KvKey[],
+  scanFactor = 4,
+): Promise<Deno.KvEntryMaybe<T>[]> {
+  if (keys.length < 2) return await getManyChunked<T>(kv, keys);
+  const limit = keys.length * scanFactor;
+  const found = new Map<string, Deno.KvEntry<T>>();
+  let scanned = 0;
+  for await (
+    const entry of kv.list<T>({
+      start: keys[0]!,
+      // Just past the last key: a longer key with the same parts sorts after.
+      end: [...keys.at(-1)!, ""],
+    }, { limit })
+  ) {
+    scanned++;
+    found.set(keyId(entry.key), entry);
+  }
+  const result: Deno.KvEntryMaybe<T>[] = keys.map((key) =>
+    found.get(keyId(key)) ?? { key, value: null, versionstamp: null }
+  );
+  if (scanned < limit) return result;
+  // The scan stopped early: what it did not find may lie beyond it.
+  const missing = keys.flatMap((key, i) => found.has(keyId(key)) ? [] : [i]);
+  const reread = await getManyChunked<T>(kv, missing.map((i) => keys[i]!));
+  missing.forEach((i, j) => (result[i] = reread[j]!));
+  return result;
+}
+
+/** A KV key as a string, equal for equal keys (for maps and sets). */
+export function keyId(key: Deno.KvKey): string {
+  let id = "";
+  for (const part of key) {
+    id += part instanceof Uint8Array
+      ? `u${Array.from(part).join(",")}`
+      : `${(typeof part)[0]}${String(part)}`;
+    id += "\u0000";
+  }
+  return id;
+}
+
 /** `2^64 - 1`: summing it into a `KvU64` subtracts one (sum wraps). */
 const MINUS_ONE = (1n << 64n) - 1n;
 

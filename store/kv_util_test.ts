@@ -1,0 +1,51 @@
+import assert from "node:assert/strict";
+import { getManyByRange, getManyChunked, keyId } from "./kv_util.ts";
+
+/** Writes `["things", i]` for each `i` in `present`, and noise around them. */
+async function seed(kv: Deno.Kv, present: number[]): Promise<void> {
+  const op = kv.atomic();
+  for (const i of present) op.set(["things", i], `thing ${i}`);
+  // Longer keys under a wanted key, and a neighbouring prefix: not wanted.
+  op.set(["things", 5, "child"], "child").set(["thingz", 1], "other");
+  await op.commit();
+}
+
+Deno.test("getManyByRange() returns what getMany returns, absent keys included", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  await seed(kv, [1, 2, 3, 5, 8, 13]);
+  const keys = [1, 2, 4, 5, 8, 9, 13].map((i) => ["things", i]);
+  const byRange = await getManyByRange<string>(kv, keys);
+  const byGet = await getManyChunked<string>(kv, keys);
+  assert.deepEqual(byRange, byGet);
+  assert.deepEqual(byRange.map((e) => e.value), [
+    "thing 1",
+    "thing 2",
+    null,
+    "thing 5",
+    "thing 8",
+    null,
+    "thing 13",
+  ]);
+});
+
+Deno.test("getManyByRange() reads what a bounded scan of a sparse range missed", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const present = Array.from({ length: 100 }, (_, i) => i);
+  await seed(kv, present);
+  // Three wanted keys spread over 100 entries: a scan of 3 × 2 stops early.
+  const keys = [0, 50, 99].map((i) => ["things", i]);
+  const entries = await getManyByRange<string>(kv, keys, 2);
+  assert.deepEqual(entries.map((e) => e.value), [
+    "thing 0",
+    "thing 50",
+    "thing 99",
+  ]);
+  assert.ok(entries.every((e) => e.versionstamp !== null));
+});
+
+Deno.test("keyId() tells keys apart by part type and boundaries", () => {
+  assert.equal(keyId(["a", 1]), keyId(["a", 1]));
+  assert.notEqual(keyId(["a", 1]), keyId(["a", "1"]));
+  assert.notEqual(keyId(["ab", "c"]), keyId(["a", "bc"]));
+  assert.notEqual(keyId([1n]), keyId([1]));
+});
