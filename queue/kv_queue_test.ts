@@ -37,17 +37,18 @@ Deno.test({
   async fn() {
     await using kv = await Deno.openKv(":memory:");
     const queue = kvQueue(kv, { owner: "w", leaseMs: 60_000, maxInFlight: 1 });
+    // Enqueued before the worker starts: its first scan sees all five.
+    const op = kv.atomic();
+    for (const m of messages(5)) {
+      queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead", m.charmId] });
+    }
+    await op.commit();
     const gate = deferred();
     const started: string[] = [];
     const listening = queue.listen(async (raw) => {
       started.push((raw as Message).charmId);
       await gate.promise;
     });
-    const op = kv.atomic();
-    for (const m of messages(5)) {
-      queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead", m.charmId] });
-    }
-    await op.commit();
     await waitFor("the first job to start", () => started.length === 1);
     // One slot: the worker claimed the other four ahead of it.
     assert.equal((await jobs(kv)).filter((j) => j.leasedBy === "w").length, 5);
@@ -83,6 +84,11 @@ Deno.test({
       maxInFlight: 1,
       now: () => clock,
     });
+    const op = kv.atomic();
+    for (const m of messages(3)) {
+      queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead"] });
+    }
+    await op.commit();
     const gate = deferred();
     const started: string[] = [];
     const listening = queue.listen(async (raw) => {
@@ -90,11 +96,6 @@ Deno.test({
       await gate.promise;
     });
     try {
-      const op = kv.atomic();
-      for (const m of messages(3)) {
-        queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead"] });
-      }
-      await op.commit();
       await waitFor("the first job to start", () => started.length === 1);
       // The run in the only slot takes longer than a claimed job may wait.
       clock += MAX_BUFFER_WAIT_MS + 1;
