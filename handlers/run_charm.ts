@@ -59,6 +59,7 @@ import type { ServiceDeps, TimerId } from "../service/deps.ts";
 import { decodeCell, encodeCell } from "../store/cell_codec.ts";
 import { writeCharmState } from "../store/charms.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
+import { countRun } from "../store/recent_runs.ts";
 import {
   cellKey,
   charmKey,
@@ -849,6 +850,7 @@ function _outcomeWrites(
         }
         op.set(runKey(ref, run), { ...base, state: "succeeded" }, ttl);
         counter(op, "Successes");
+        countRun(op, now, "succeeded");
         writeCharmState(op, ref, stateEntry.value, after);
       },
     };
@@ -926,6 +928,7 @@ function _outcomeWrites(
         ttl,
       );
       counter(op, "Failures");
+      countRun(op, now, "failed");
       writeCharmState(op, ref, stateEntry.value, after);
     },
   };

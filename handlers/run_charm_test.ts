@@ -14,6 +14,7 @@ import {
   charmStateKey,
   runKey,
 } from "../store/keys.ts";
+import { countRecentRuns } from "../store/recent_runs.ts";
 import { readServiceState } from "../store/service_state.ts";
 import {
   deferred,
@@ -105,6 +106,11 @@ Deno.test("runCharm() runs a counter charm and records success", async () => {
   const service = await readServiceState(t.deps.kv);
   assert.equal(service.totalSuccesses, 1);
   assert.equal(service.totalCharmsProcessed, 1);
+  // The dashboard's last-hour count, summed in the same commit.
+  assert.deepEqual(await countRecentRuns(t.deps.kv, SLOT - 3_600_000), {
+    succeeded: 1,
+    failed: 0,
+  });
 });
 
 Deno.test("runCharm() runs a redelivered message once", async () => {
@@ -184,6 +190,10 @@ Deno.test("runCharm() fails a non-retriable error at once", async () => {
     (await t.state(ref)).lastError ?? "",
     /NonRetriableError: .*replied 400/,
   );
+  assert.deepEqual(await countRecentRuns(t.deps.kv, SLOT - 3_600_000), {
+    succeeded: 0,
+    failed: 1,
+  });
 });
 
 Deno.test("runCharm() honours Retry-After from the handler", async () => {

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { initialCharmState } from "../charm/charm.ts";
 import { setCharmDisabled, writeCharmState } from "../store/charms.ts";
-import { charmStateKey, runKey } from "../store/keys.ts";
+import { charmStateKey } from "../store/keys.ts";
+import { countRun } from "../store/recent_runs.ts";
 import { SPACE } from "../test/test_deps.ts";
 import { escapeHtml, html } from "./dashboard.ts";
 import {
@@ -222,23 +223,13 @@ Deno.test("in local development, dashboard forms redirect back to / with a notic
 Deno.test("GET / counts the runs that finished in the last hour", async () => {
   await using h = await harness();
   await createCounter(h, "c1");
-  const ref = { space: SPACE, charmId: "c1" } as const;
-  const record = (state: string, finishedAt: number) => ({
-    state,
-    attempt: 1,
-    slot: finishedAt,
-    integration: "manual",
-    startedAt: finishedAt,
-    finishedAt,
-    durationMs: 1,
-    error: null,
-    retryAt: null,
-  });
-  await h.deps.kv.set(runKey(ref, "a"), record("succeeded", T0 - 10_000));
-  await h.deps.kv.set(runKey(ref, "b"), record("succeeded", T0 - 20_000));
-  await h.deps.kv.set(runKey(ref, "c"), record("failed", T0 - 30_000));
-  await h.deps.kv.set(runKey(ref, "d"), record("succeeded", T0 - 3_700_000));
-  await h.deps.kv.set(runKey(ref, "e"), record("retrying", T0 - 1_000));
+  // As run outcomes count them, in their commits.
+  const op = h.deps.kv.atomic();
+  countRun(op, T0 - 10_000, "succeeded");
+  countRun(op, T0 - 20_000, "succeeded");
+  countRun(op, T0 - 30_000, "failed");
+  countRun(op, T0 - 3_700_000, "succeeded");
+  await op.commit();
   const { text } = await _page(h);
   assert.match(text, /id="hour-succeeded">2</);
   assert.match(text, /id="hour-failed">1</);

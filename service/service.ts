@@ -23,6 +23,7 @@ import { Semaphore } from "../lib/semaphore.ts";
 import type { Signer } from "../lib/webhook_signature.ts";
 import type { Delivery, QueueDriver } from "../queue/queue.ts";
 import { createCharm, listCharms, registerCharm } from "../store/charms.ts";
+import { pruneRunCounts } from "../store/recent_runs.ts";
 import { sweepUndelivered } from "../store/dead_letters.ts";
 import {
   readServiceState,
@@ -355,6 +356,7 @@ export async function logStatus(deps: ServiceDeps): Promise<void> {
 
 /** Moves undelivered queue messages into the dead letters, logging it. */
 export async function sweepAndReport(deps: ServiceDeps): Promise<number> {
+  await pruneRunCounts(deps.kv, deps.now());
   const moved = await sweepUndelivered(deps.kv, deps.now());
   if (moved > 0) {
     logger("queue").warn(

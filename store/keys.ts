@@ -98,9 +98,21 @@ export function spaceDelegatesPrefix(space: string): Deno.KvKey {
   return ["space_delegates", space];
 }
 
-/** Prefix of all run records (`runKey`), for the dashboard's last-hour count. */
-export function runsPrefix(): Deno.KvKey {
-  return ["runs"];
+/**
+ * How many runs finished as `state` in the 5-minute bucket starting at
+ * `bucketStartMs`: a `KvU64` summed in each run's outcome commit, for the
+ * dashboard's last-hour counts.
+ */
+export function runCountKey(
+  bucketStartMs: number,
+  state: "succeeded" | "failed",
+): Deno.KvKey {
+  return ["run_counts", bucketStartMs, state];
+}
+
+/** Prefix of the run-count buckets (`runCountKey`). */
+export function runCountsPrefix(): Deno.KvKey {
+  return ["run_counts"];
 }
 
 /**
