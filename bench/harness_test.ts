@@ -4,6 +4,7 @@ import { countingKv, totalOps } from "./counting_kv.ts";
 import { isDriver, loadKvDriver, loadNativeDriver } from "./drivers.ts";
 import { endToEnd } from "./end_to_end.ts";
 import { serviceV8Flags } from "./fanout_scale.ts";
+import { kvCeiling } from "./kv_ceiling.ts";
 import { queueBaseline } from "./queue_baseline.ts";
 import { noopRecipe } from "./recipes.ts";
 import { seedDifference } from "./seed.ts";
@@ -94,4 +95,10 @@ Deno.test("serviceV8Flags() gives the fan-out worker the service's V8 flags", as
   assert.deepEqual(await serviceV8Flags(), [
     "--v8-flags=--max-semi-space-size=8",
   ]);
+});
+
+Deno.test("kvCeiling() runs every seeded job through its KV requests", async () => {
+  const result = await kvCeiling("memory", 30);
+  assert.ok(result.runsPerSecond > 0);
+  assert.ok(result.elapsedMs > 0);
 });

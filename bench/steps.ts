@@ -10,6 +10,7 @@ import { type DriverFactory, isDriver, type MissingDriver } from "./drivers.ts";
 import { endToEnd, type EndToEndResult } from "./end_to_end.ts";
 import { fanoutOnce, prepareFanoutTemplates } from "./fanout_scale.ts";
 import { HTTP_PATHS, loadOnce, startHttpTarget } from "./http_bench.ts";
+import { kvCeiling } from "./kv_ceiling.ts";
 import { type CycleLateness, lateness } from "./lateness.ts";
 import { queueBaseline } from "./queue_baseline.ts";
 import { fmt, type Row, type Target } from "./report.ts";
@@ -49,6 +50,7 @@ export async function throughputStep(
   const enqueueMs = new Map<string, number[]>();
   const baselineCpu = new Map<string, number[]>();
   const e2e = new Map<string, EndToEndResult[]>();
+  const ceiling = new Map<string, number[]>();
   const add = <T>(map: Map<string, T[]>, key: string, value: T) =>
     map.set(key, [...(map.get(key) ?? []), value]);
   const timeoutMs = (n: number) => 60_000 + n * 20;
@@ -84,6 +86,16 @@ export async function throughputStep(
             } runs/s, ${fmt(r.kvOpsPerRun?.total ?? NaN)} KV ops/run`,
           );
         }
+      }
+      if (isDriver(drivers.kv)) {
+        const runs = config.e2eCharms[0]!;
+        const r = await kvCeiling(kind, runs);
+        add(ceiling, `${kind}/${runs}`, r.runsPerSecond);
+        progress(
+          `KV ceiling ${kind} ${fmt(runs)} runs #${rep}: ${
+            fmt(r.runsPerSecond)
+          } runs/s`,
+        );
       }
       if (
         kind === "file" && isDriver(drivers.kv) && config.twoProcessCharms > 0
@@ -264,6 +276,40 @@ export async function throughputStep(
           }
         }
       }
+    }
+  }
+  results.kvCeiling = {};
+  for (const [key, values] of ceiling) {
+    const [kind, runs] = key.split("/") as [KvKind, string];
+    const rate = figure(values);
+    const ratios: Record<string, Figure> = {};
+    for (const size of config.baselineSizes) {
+      const base = baseline.get(`${kind}/${size}`)!;
+      ratios[String(size)] = figure(values.map((v, i) => v / base[i]!));
+    }
+    (results.kvCeiling as Record<string, unknown>)[key] = {
+      kind,
+      runs: Number(runs),
+      runsPerSecond: roundFigure(rate),
+      ratioToBaseline: Object.fromEntries(
+        Object.entries(ratios).map(([k, f]) => [k, roundFigure(f)]),
+      ),
+    };
+    rows.push({
+      measurement: `3. KV ceiling (a pure run's KV requests), ${
+        fmt(Number(runs))
+      } runs`,
+      kv: kind,
+      figure: rate,
+      unit: "runs/s",
+    });
+    for (const [size, ratio] of Object.entries(ratios)) {
+      rows.push({
+        measurement: `   ratio to baseline at ${fmt(Number(size))}`,
+        kv: kind,
+        figure: ratio,
+        unit: "×",
+      });
     }
   }
   return { results, rows, targets };
