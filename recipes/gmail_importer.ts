@@ -10,8 +10,11 @@
  * - **Incremental sync**: `history.list` from the stored `historyId` (paged)
  *   and applies only the changes: added messages are fetched, deleted ones
  *   dropped, label changes applied (a message that no longer matches
- *   `labelIds`, or went to Trash or Spam, leaves). A 404 (the id is too old)
- *   falls back to a full sync, logged.
+ *   `labelIds`, or went to Trash or Spam, leaves). When messages left and
+ *   the window is below `maxResults`, the newest ids are listed again and
+ *   the missing ones fetched (a backfill), so the window keeps its size: the
+ *   older messages that now belong in it appear in no history record. A 404
+ *   (the id is too old) falls back to a full sync, logged.
  * - **Bounded storage**: the result keeps a window of the newest
  *   `maxResults` messages (at most 100), with long fields cut (snippet 200
  *   characters, headers 256, 20 labels), then trimmed oldest-first to stay
@@ -162,24 +165,8 @@ async function _fullSync(
   // The history id is read before listing: a change made while listing is
   // replayed by the next incremental sync (replaying is idempotent).
   const profile = await api.profile();
-  const ids: string[] = [];
-  let pageToken: string | null = null;
-  for (let page = 0; page < MAX_LIST_PAGES; page++) {
-    const listed = await api.listMessages({
-      labelIds: argument.labelIds,
-      query: argument.query,
-      maxResults: argument.maxResults - ids.length,
-      pageToken,
-    });
-    ids.push(...listed.messages.map((m) => m.id));
-    pageToken = listed.nextPageToken;
-    if (pageToken === null || ids.length >= argument.maxResults) break;
-  }
-  const messages = await api.getMessages(
-    [...new Set(ids)].slice(0, argument.maxResults),
-  );
   const emails = _window(
-    messages.map(_toEmail).filter((e) => _matches(e.labelIds, argument)),
+    await _fetchEmails(api, await _listNewest(api, argument), argument),
     argument.maxResults,
   );
   ctx.logger.info("Gmail full sync: {count} messages", {
@@ -251,6 +238,11 @@ async function _incrementalSync(
   for (const [id, email] of kept) {
     if (!_matches(email.labelIds, argument)) kept.delete(id);
   }
+  // Deleted, trashed, archived or relabelled out of the window.
+  const left = previous.emails.length - kept.size;
+  // At most one listing per run, shared by the query check and the backfill.
+  let newest: Promise<string[]> | null = null;
+  const listNewest = () => (newest ??= _listNewest(api, argument));
   // The newest additions come last in history; older ones would not make
   // the window anyway.
   let candidates = [...added]
@@ -260,23 +252,26 @@ async function _incrementalSync(
   if (argument.query !== "" && candidates.length > 0) {
     // History cannot evaluate a search query: keep the additions that the
     // query's newest results include.
-    const listed = await api.listMessages({
-      labelIds: argument.labelIds,
-      query: argument.query,
-      maxResults: argument.maxResults,
-      pageToken: null,
-    });
-    const matching = new Set(listed.messages.map((m) => m.id));
+    const matching = new Set(await listNewest());
     candidates = candidates.filter((id) => matching.has(id));
   }
-  const fetched = (await api.getMessages(candidates))
-    .map(_toEmail)
-    .filter((e) => _matches(e.labelIds, argument));
+  const fetched = await _fetchEmails(api, candidates, argument);
   for (const email of fetched) kept.set(email.id, email);
+  let backfilled = 0;
+  if (left > 0 && kept.size < argument.maxResults) {
+    // The messages that now belong in the window are older than the ones
+    // kept, and history does not mention them: list the newest again and
+    // fetch those not kept. A mailbox with fewer messages than the window
+    // yields none (one list call).
+    const missing = (await listNewest()).filter((id) => !kept.has(id));
+    const more = await _fetchEmails(api, missing, argument);
+    for (const email of more) kept.set(email.id, email);
+    backfilled = more.length;
+  }
   const emails = _window([...kept.values()], argument.maxResults);
   ctx.logger.info(
-    "Gmail incremental sync: {added} added, {deleted} deleted, {count} kept",
-    { added: fetched.length, deleted, count: emails.length },
+    "Gmail incremental sync: {added} added, {deleted} deleted, {backfilled} backfilled, {count} kept",
+    { added: fetched.length, deleted, backfilled, count: emails.length },
   );
   return {
     ...previous,
@@ -285,6 +280,41 @@ async function _incrementalSync(
     lastSyncAt: ctx.now(),
     incrementalSyncs: previous.incrementalSyncs + 1,
   };
+}
+
+/**
+ * The ids of the newest `maxResults` messages matching `labelIds` and
+ * `query`, newest first (`messages.list`, paged).
+ */
+async function _listNewest(
+  api: GmailApi,
+  argument: Argument,
+): Promise<string[]> {
+  const ids: string[] = [];
+  let pageToken: string | null = null;
+  for (let page = 0; page < MAX_LIST_PAGES; page++) {
+    const listed = await api.listMessages({
+      labelIds: argument.labelIds,
+      query: argument.query,
+      maxResults: argument.maxResults - ids.length,
+      pageToken,
+    });
+    ids.push(...listed.messages.map((m) => m.id));
+    pageToken = listed.nextPageToken;
+    if (pageToken === null || ids.length >= argument.maxResults) break;
+  }
+  return [...new Set(ids)].slice(0, argument.maxResults);
+}
+
+/** Fetches messages and keeps those that belong in the window. */
+async function _fetchEmails(
+  api: GmailApi,
+  ids: readonly string[],
+  argument: Argument,
+): Promise<Email[]> {
+  return (await api.getMessages(ids))
+    .map(_toEmail)
+    .filter((e) => _matches(e.labelIds, argument));
 }
 
 function _relabel(

@@ -71,6 +71,7 @@ Deno.test("gmail-importer applies history: adds, deletes and label changes only"
   assert.equal(await h.run(ref, "gmail"), "succeeded");
   assert.deepEqual(ids(await h.result(ref)), ["m4", "m3", "m2", "m1"]);
   const getsBefore = h.fake.count("gmail.messages.get");
+  const listsBefore = h.fake.count("gmail.messages.list");
 
   h.fake.mailbox.add({ id: "new1", internalDate: T0 + MINUTE });
   h.fake.mailbox.add({ id: "gone-again", internalDate: T0 + MINUTE });
@@ -92,12 +93,74 @@ Deno.test("gmail-importer applies history: adds, deletes and label changes only"
   assert.deepEqual(result.emails[1].labelIds, ["INBOX", "STARRED"]);
   assert.equal(result.historyId, String(h.fake.mailbox.historyId));
   assert.deepEqual([result.fullSyncs, result.incrementalSyncs], [1, 1]);
-  // Only the added message was fetched; the mailbox was not listed again.
+  // Only the added message was fetched. Messages left the window, so the
+  // mailbox was listed once more to backfill it, but held nothing older.
   assert.equal(h.fake.count("gmail.messages.get") - getsBefore, 1);
-  assert.equal(h.fake.count("gmail.messages.list"), 1);
+  assert.equal(h.fake.count("gmail.messages.list") - listsBefore, 1);
   assert.equal(h.fake.count("gmail.profile"), 1);
   const history = h.fake.calls.find((c) => c.route === "gmail.history.list")!;
   assert.equal(history.query.get("startHistoryId"), "1004");
+});
+
+Deno.test("gmail-importer keeps its window at maxResults when history deletes or removes messages from it", async () => {
+  await using h = await googleHarness();
+  for (let i = 1; i <= 8; i++) {
+    h.fake.mailbox.add({ id: `m${i}`, internalDate: T0 - (10 - i) * MINUTE });
+  }
+  h.fake.pageSizeCap = 3;
+  const ref = await h.charm({
+    recipe: "gmail-importer",
+    argument: { maxResults: 5 },
+  });
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  assert.deepEqual(ids(await h.result(ref)), ["m8", "m7", "m6", "m5", "m4"]);
+
+  // Two leave the window (one deleted, one archived), one arrives: the
+  // next-newest older message takes the free place.
+  h.fake.mailbox.remove("m7");
+  h.fake.mailbox.relabel("m6", [], ["INBOX"]);
+  h.fake.mailbox.add({ id: "new1", internalDate: T0 + MINUTE });
+  const callsBefore = h.fake.calls.length;
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  let result = await h.result(ref);
+  assert.deepEqual(ids(result), ["new1", "m8", "m5", "m4", "m3"]);
+  assert.deepEqual([result.fullSyncs, result.incrementalSyncs], [1, 1]);
+  assert.equal(result.historyId, String(h.fake.mailbox.historyId));
+  // The newest ids were listed again (two pages, the fake serving 3), and
+  // only the new and the backfilled message fetched: the kept ones are not
+  // fetched again.
+  const calls = h.fake.calls.slice(callsBefore);
+  assert.equal(
+    calls.filter((c) => c.route === "gmail.messages.list").length,
+    2,
+  );
+  assert.deepEqual(
+    calls.filter((c) => c.route === "gmail.messages.get")
+      .map((c) => c.path.split("/").at(-1)),
+    ["new1", "m3"],
+  );
+
+  // A deletion alone, again: the window stays full.
+  h.fake.mailbox.remove("m8");
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  result = await h.result(ref);
+  assert.deepEqual(ids(result), ["new1", "m5", "m4", "m3", "m2"]);
+
+  // Additions alone never list the mailbox: the window only grows.
+  const lists = h.fake.count("gmail.messages.list");
+  h.fake.mailbox.add({ id: "new2", internalDate: T0 + 2 * MINUTE });
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  assert.deepEqual(ids(await h.result(ref)), [
+    "new2",
+    "new1",
+    "m5",
+    "m4",
+    "m3",
+  ]);
+  assert.equal(h.fake.count("gmail.messages.list"), lists);
 });
 
 Deno.test("gmail-importer falls back to a full sync when history is gone (404)", async () => {
@@ -275,6 +338,30 @@ Deno.test("gmail-importer applies a query to the full sync and to new messages",
   h.clock.t += MINUTE;
   assert.equal(await h.run(ref, "gmail"), "succeeded");
   assert.deepEqual(ids(await h.result(ref)), ["a2", "a1"]);
+});
+
+Deno.test("gmail-importer backfills with the query, listing once for the additions and the backfill", async () => {
+  await using h = await googleHarness();
+  h.fake.mailbox.add({ id: "a1", subject: "invoice 1", internalDate: T0 - 4 });
+  h.fake.mailbox.add({ id: "b1", subject: "hello", internalDate: T0 - 3 });
+  h.fake.mailbox.add({ id: "a2", subject: "invoice 2", internalDate: T0 - 2 });
+  h.fake.mailbox.add({ id: "a3", subject: "invoice 3", internalDate: T0 - 1 });
+  const ref = await h.charm({
+    recipe: "gmail-importer",
+    argument: { query: "invoice", maxResults: 2 },
+  });
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  assert.deepEqual(ids(await h.result(ref)), ["a3", "a2"]);
+
+  h.fake.mailbox.remove("a3");
+  h.fake.mailbox.remove("a2");
+  h.fake.mailbox.add({ id: "a4", subject: "invoice 4", internalDate: T0 + 1 });
+  h.fake.mailbox.add({ id: "b2", subject: "lunch?", internalDate: T0 + 2 });
+  const lists = h.fake.count("gmail.messages.list");
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  assert.deepEqual(ids(await h.result(ref)), ["a4", "a1"]);
+  assert.equal(h.fake.count("gmail.messages.list") - lists, 1);
 });
 
 Deno.test("gmail-importer does a full sync again when its settings change", async () => {
