@@ -9,6 +9,7 @@ import { registerCron } from "./cron.ts";
 import { type Config, loadConfig, usage } from "./config/config.ts";
 import { createApp } from "./http/app.ts";
 import { isDeployed, loadIdentity } from "./identity/load_identity.ts";
+import { assertGoogleConfig } from "./integrations/_google_config.ts";
 import { INTEGRATIONS } from "./integrations/manifest.ts";
 import { ConfigError } from "./lib/errors.ts";
 import { logger, setupLogging } from "./lib/log.ts";
@@ -41,6 +42,11 @@ const config: Config = await orExit(() =>
 if (config.help) {
   console.log(usage(INTEGRATIONS));
   Deno.exit(0);
+}
+if (!config.initialize) {
+  // A malformed Google variable would fail every run of a gmail or gcal
+  // charm; --initialize reports it (with what is missing) instead.
+  await orExit(() => assertGoogleConfig(config.integrations, env));
 }
 const deployed = isDeployed(env);
 // The keys sealing secret cell fields (OAuth tokens) in KV.

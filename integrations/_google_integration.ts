@@ -52,6 +52,9 @@ export function defineGoogleIntegration(
     prepare: (deps, charm) =>
       openGoogleSession({
         kv: deps.kv,
+        // Cannot throw in a process that runs gmail or gcal: main.ts refused
+        // to start with these variables malformed (assertGoogleConfig). It
+        // can where neither runs (a manual run of a Google charm there).
         config: googleConfigFromEnv(deps.env),
         fetch: deps.fetch,
         signal: deps.signal,

@@ -3,14 +3,108 @@
  * `--integration=gmail,gcal`, pointed at the fake Google on loopback. Two
  * importer charms are created and registered over HTTP with only a refresh
  * token; the service refreshes their tokens, imports mail and events, then
- * picks up changes incrementally.
+ * picks up changes incrementally. And the Google variables at startup: a
+ * malformed one stops a process that runs gmail or gcal, a missing one does
+ * not.
  */
 import assert from "node:assert/strict";
 import { startFakeGoogle } from "./fake_google.ts";
-import { startService } from "./service_process.ts";
+import { runMain, startService } from "./service_process.ts";
 import { SPACE, waitFor } from "./test_deps.ts";
 
 const HOUR = 3600_000;
+
+/** Every Google variable unset (empty), whatever the test runner's are. */
+const NO_GOOGLE_ENV: Record<string, string> = {
+  GOOGLE_CLIENT_ID: "",
+  GOOGLE_CLIENT_SECRET: "",
+  GOOGLE_TOKEN_URL: "",
+  GMAIL_API_URL: "",
+  GCAL_API_URL: "",
+  TOOLSHED_API_URL: "",
+};
+
+/**
+ * Starts `main.ts` expecting it to exit before listening; returns what it
+ * printed and its exit code. A service that starts instead is stopped and
+ * the test fails (it never waits on a process that keeps running).
+ */
+async function expectRefusal(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number; output: string }> {
+  const started = await startService(args, {
+    KV_PATH: ":memory:",
+    ...NO_GOOGLE_ENV,
+    ...env,
+  }).catch((error: Error) => error);
+  if (!(started instanceof Error)) {
+    await started.stop("SIGKILL");
+    assert.fail(`the service started:\n${started.output()}`);
+  }
+  const match = /^service exited with (\d+) before listening:\n([^]*)$/.exec(
+    started.message,
+  );
+  if (match === null) throw started;
+  return { code: Number(match[1]), output: match[2]! };
+}
+
+Deno.test("main.ts refuses to start gmail or gcal with a malformed Google variable, in one line", async () => {
+  // gmail is the default integration.
+  const gmail = await expectRefusal([], { GMAIL_API_URL: "gmail" });
+  assert.equal(gmail.code, 2, gmail.output);
+  assert.equal(
+    gmail.output.trim(),
+    'error: GMAIL_API_URL: "gmail" is not a URL',
+  );
+
+  const secret = "GOCSPX-e2e-s3cr3t";
+  const gcal = await expectRefusal(["--integration=gcal,manual"], {
+    GOOGLE_CLIENT_ID: "123-e2e.apps.googleusercontent.com",
+    GOOGLE_CLIENT_SECRET: `${secret}\n`,
+    GOOGLE_TOKEN_URL: "http://oauth2.example.com/token",
+  });
+  assert.equal(gcal.code, 2, gcal.output);
+  assert.equal(
+    gcal.output.trim(),
+    "error: GOOGLE_CLIENT_SECRET: has leading or trailing whitespace; set it to the value exactly as the Google Cloud console shows it; " +
+      'GOOGLE_TOKEN_URL: "http://oauth2.example.com/token" must be https (plain http only on a loopback host)',
+  );
+  assert.ok(!gcal.output.includes(secret), "the secret was printed");
+});
+
+Deno.test({
+  name:
+    "main.ts starts gmail with its Google configuration missing, and other integrations with it malformed",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    for (
+      const [args, env] of [
+        [["--integration=gmail,gcal"], {}],
+        [["--integration=manual"], { GMAIL_API_URL: "gmail" }],
+      ] as const
+    ) {
+      await using service = await startService([...args], {
+        KV_PATH: ":memory:",
+        ...NO_GOOGLE_ENV,
+        ...env,
+      });
+      assert.equal(await service.stop("SIGTERM"), 0, service.output());
+    }
+    // --initialize reports what is malformed and missing, and exits 0.
+    const { code, stdout, stderr } = await runMain(
+      ["--initialize", "--integration=gmail"],
+      { KV_PATH: ":memory:", ...NO_GOOGLE_ENV, GMAIL_API_URL: "gmail" },
+    );
+    assert.equal(code, 0, stderr);
+    assert.match(stdout, /^gmail: GMAIL_API_URL: "gmail" is not a URL$/m);
+    assert.match(
+      stdout,
+      /^gmail: missing GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET: /m,
+    );
+  },
+});
 
 Deno.test({
   name:
