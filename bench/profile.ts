@@ -10,9 +10,8 @@
  * <file|memory> <charms>`, `fanout <charms>` (in this process, not a
  * subprocess, so the profile sees it). Each prints its result as JSON.
  *
- * To measure a change to core code without touching the tree, copy the
- * repository, apply it there (e.g. `patch -p1 <
- * bench/prototypes/run_charm_one_read.patch`) and run this file in the copy.
+ * To measure a change to core code against the tree as it is, make it in a
+ * copy (`git worktree add`) and run this file in both.
  *
  * @module
  */
