@@ -341,6 +341,8 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
             continue;
           }
         }
+        // Stopped while claiming: what was just claimed goes back (finally).
+        if (stopped) break;
         while (buffer.length > 0 && hasSlot()) {
           const { entry } = buffer.shift()!;
           const running = deliver(entry, handler).finally(() =>

@@ -119,3 +119,84 @@ Deno.test({
     }
   },
 });
+
+/**
+ * `kv` whose first claim commit (a job set leased to `owner`) waits until
+ * the test opens the gate: the real KV, only delayed, so a stop can land
+ * while a claim is in flight.
+ */
+function claimGatedKv(kv: Deno.Kv, owner: string) {
+  const entered = deferred();
+  const gate = deferred();
+  let armed = true;
+  const wrap = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    let claims = false;
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          if (name === "set") {
+            const [key, job] = args as [Deno.KvKey, Job];
+            if (key[0] === "queue_jobs" && job?.leasedBy === owner) {
+              claims = true;
+            }
+          }
+          if (name === "commit" && claims && armed) {
+            armed = false;
+            entered.resolve();
+            return gate.promise.then(() => target.commit());
+          }
+          const result = value.apply(target, args);
+          return result === target ? proxy : result;
+        };
+      },
+    });
+    return proxy;
+  };
+  const gated = new Proxy(kv, {
+    get(target, name) {
+      if (name === "atomic") return () => wrap(target.atomic());
+      const value = Reflect.get(target, name, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return { kv: gated as Deno.Kv, entered, gate };
+}
+
+Deno.test({
+  name: "kv queue: jobs claimed while the worker stops are given back, not run",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await using kv = await Deno.openKv(":memory:");
+    const gated = claimGatedKv(kv, "w");
+    const queue = kvQueue(gated.kv, {
+      owner: "w",
+      leaseMs: 60_000,
+      maxInFlight: 4,
+    });
+    const op = kv.atomic();
+    for (const m of messages(3)) {
+      queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead"] });
+    }
+    await op.commit();
+    const started: string[] = [];
+    const listening = queue.listen((raw) => {
+      started.push((raw as Message).charmId);
+      return Promise.resolve();
+    });
+    await gated.entered.promise;
+    // The claim of all three is in flight: stop, then let it commit.
+    queue.stop!();
+    gated.gate.resolve();
+    await listening;
+    assert.deepEqual(started, []);
+    const left = await jobs(kv);
+    assert.equal(left.length, 3);
+    for (const job of left) {
+      assert.equal(job.leasedBy, null, job.id);
+      assert.equal(job.deliveries, 0, job.id);
+    }
+  },
+});
