@@ -96,27 +96,37 @@ export function groupCommitter(
 
   async function commitGroup(parts: _Part[]): Promise<void> {
     if (parts.length > 1) {
-      const op = kv.atomic();
-      for (const part of parts) part.recorded.replay(op);
+      let op: Deno.AtomicOperation | null = kv.atomic();
       try {
-        const result = await op.commit();
-        if (result.ok) {
-          for (const part of parts) part.resolve(result);
-          return;
+        for (const part of parts) part.recorded.replay(op);
+      } catch {
+        // KV refuses a part as built (a negative sum, say): it fails alone,
+        // below, and the others commit.
+        op = null;
+      }
+      if (op !== null) {
+        try {
+          const result = await op.commit();
+          if (result.ok) {
+            for (const part of parts) part.resolve(result);
+            return;
+          }
+          // A check failed in some part: commit each alone, below.
+        } catch (error) {
+          // Too large for one operation: smaller groups from now on. (A KV
+          // failure is reported by the parts' own commits.)
+          if (_tooLarge(error)) {
+            limit = Math.max(1, Math.floor(parts.length / 2));
+            log.debug(
+              "A group of {parts} was too large; groups of {limit} now: {error}",
+              {
+                parts: parts.length,
+                limit,
+                error: toError(error).message,
+              },
+            );
+          }
         }
-        // A check failed in some part: commit each alone, below.
-      } catch (error) {
-        // Too large for one operation (or KV failed, which the parts' own
-        // commits report).
-        limit = Math.max(1, Math.floor(parts.length / 2));
-        log.debug(
-          "A group of {parts} was refused; groups of {limit} now: {error}",
-          {
-            parts: parts.length,
-            limit,
-            error: toError(error).message,
-          },
-        );
       }
     }
     for (const part of parts) {
@@ -137,14 +147,26 @@ export function groupCommitter(
       build(recorded as unknown as Deno.AtomicOperation);
       return new Promise((resolve, reject) => {
         waiting.push({ recorded, resolve, reject });
-        if (!committing) void flush();
-        else arrived?.();
+        if (!committing) {
+          flush().catch((error) => {
+            // Every part settles in commitGroup; this is a bug if it happens.
+            log.error("Group commit stopped: {error}", {
+              error: toError(error).message,
+            });
+          });
+        } else arrived?.();
       });
     },
     get waiting() {
       return waiting.length;
     },
   };
+}
+
+/** KV's refusal of an operation over its limits (checks, mutations, bytes). */
+function _tooLarge(error: unknown): boolean {
+  return error instanceof TypeError &&
+    /too many|too large/i.test(error.message);
 }
 
 /** One waiting outcome commit. */

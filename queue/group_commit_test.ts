@@ -98,3 +98,17 @@ Deno.test("RecordedOperation notes checked and written keys, not summed ones", (
   assert.notEqual(keyId(["a", 1]), keyId(["a", "1"]));
   assert.throws(() => recorded.commit(), /committed by its driver/);
 });
+
+Deno.test("groupCommitter() fails only a part KV refuses as built, in a group", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const committer = groupCommitter(kv);
+  // The first commits alone; the next two arrive meanwhile and form a group.
+  const first = committer.commit((op) => void op.set(["first"], 1));
+  const good = committer.commit((op) => void op.set(["good"], 1));
+  // Recorded fine, refused by KV when added to a real operation.
+  const bad = committer.commit((op) => void op.sum(["n"], -1n));
+  assert.equal((await first).ok, true);
+  assert.equal((await good).ok, true);
+  await assert.rejects(bad, /positive bigint/);
+  assert.equal((await kv.get(["good"])).value, 1);
+});
