@@ -18,12 +18,13 @@ export async function getManyChunked<T>(
 }
 
 /**
- * Reads the entries at `keys`, which must be in KV order, with one bounded
+ * Reads the entries at `keys`, best given in KV order, with one bounded
  * `list` over their range instead of a `getMany` per 10 keys: a page of a
  * registry read this way costs one KV request, not ten. The scan stops after
- * `scanFactor` × `keys.length` entries (a sparse range); then the keys it did
- * not reach are read with `getMany`. Like {@linkcode getManyChunked}, the
- * result is not one snapshot.
+ * `scanFactor` × `keys.length` entries (a sparse range); keys it did not find
+ * (beyond that, out of order, or absent) are read with `getMany`, so the
+ * result is `getMany`'s whatever the order. Like {@linkcode getManyChunked},
+ * the result is not one snapshot.
  */
 export async function getManyByRange<T>(
   kv: Deno.Kv,
@@ -31,38 +32,37 @@ export async function getManyByRange<T>(
   scanFactor = 4,
 ): Promise<Deno.KvEntryMaybe<T>[]> {
   if (keys.length < 2) return await getManyChunked<T>(kv, keys);
-  const limit = keys.length * scanFactor;
   const found = new Map<string, Deno.KvEntry<T>>();
-  let scanned = 0;
   for await (
     const entry of kv.list<T>({
       start: keys[0]!,
       // Just past the last key: a longer key with the same parts sorts after.
       end: [...keys.at(-1)!, ""],
-    }, { limit })
-  ) {
-    scanned++;
-    found.set(keyId(entry.key), entry);
-  }
-  const result: Deno.KvEntryMaybe<T>[] = keys.map((key) =>
-    found.get(keyId(key)) ?? { key, value: null, versionstamp: null }
+    }, { limit: keys.length * scanFactor })
+  ) found.set(keyId(entry.key), entry);
+  const result: (Deno.KvEntryMaybe<T> | null)[] = keys.map((key) =>
+    found.get(keyId(key)) ?? null
   );
-  if (scanned < limit) return result;
-  // The scan stopped early: what it did not find may lie beyond it.
-  const missing = keys.flatMap((key, i) => found.has(keyId(key)) ? [] : [i]);
+  const missing = keys.flatMap((_, i) => result[i] === null ? [i] : []);
   const reread = await getManyChunked<T>(kv, missing.map((i) => keys[i]!));
   missing.forEach((i, j) => (result[i] = reread[j]!));
-  return result;
+  return result as Deno.KvEntryMaybe<T>[];
 }
 
-/** A KV key as a string, equal for equal keys (for maps and sets). */
+/**
+ * A KV key as a string, equal exactly for equal keys (for maps and sets):
+ * each part tagged with its type and length, so no two keys share one.
+ */
 export function keyId(key: Deno.KvKey): string {
   let id = "";
   for (const part of key) {
-    id += part instanceof Uint8Array
-      ? `u${Array.from(part).join(",")}`
-      : `${(typeof part)[0]}${String(part)}`;
-    id += "\u0000";
+    const text = part instanceof Uint8Array
+      ? Array.from(part).join(",")
+      : Object.is(part, -0)
+      ? "-0"
+      : String(part);
+    const type = part instanceof Uint8Array ? "u" : (typeof part)[0];
+    id += `${type}${text.length}:${text}`;
   }
   return id;
 }

@@ -48,4 +48,17 @@ Deno.test("keyId() tells keys apart by part type and boundaries", () => {
   assert.notEqual(keyId(["a", 1]), keyId(["a", "1"]));
   assert.notEqual(keyId(["ab", "c"]), keyId(["a", "bc"]));
   assert.notEqual(keyId([1n]), keyId([1]));
+  assert.notEqual(keyId(["a", "b"]), keyId(["a\u0000sb"]));
+  assert.notEqual(keyId(["a", "b"]), keyId(["a1:b"]));
+  assert.notEqual(keyId([0]), keyId([-0]));
+});
+
+Deno.test("getManyByRange() returns getMany's entries for keys out of order", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  await seed(kv, [1, 2, 3]);
+  const keys = [2, 1, 3, 7].map((i) => ["things", i]);
+  assert.deepEqual(
+    await getManyByRange<string>(kv, keys),
+    await getManyChunked<string>(kv, keys),
+  );
 });
