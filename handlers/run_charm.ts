@@ -7,9 +7,9 @@
  *    is keyed by (charm, integration, slot) or a manual run id. A finished
  *    run, or a delivery of an older attempt than the one recorded, is
  *    dropped: the queue delivers at least once.
- * 2. **Skip or defer.** A disabled or parked charm's run is recorded as
- *    skipped. A live lease held by someone else defers this delivery: that
- *    covers both a concurrent duplicate and a crashed holder.
+ * 2. **Defer or skip.** A live lease held by someone else defers this
+ *    delivery: that covers both a concurrent duplicate and a crashed holder.
+ *    Then a disabled or parked charm's run is recorded as skipped.
  * 3. **Permit.** `--max-concurrent` runs execute at once in this process; the
  *    permit is released when the handler settles, before the outcome commit.
  * 4. **Claim.** One atomic commit takes the per-charm lease (so two runs of a
@@ -245,40 +245,12 @@ async function _claimAndRun(
     const now = deps.now();
     const state = stateEntry.value ?? initialCharmState();
 
-    if (state.disabled || state.needsReauth) {
-      // A run enqueued before the charm was parked: skip it like a disabled
-      // one. Replacing the argument (the auth) un-parks the charm.
-      const why = state.disabled
-        ? `charm is disabled${
-          state.disabledReason ? `: ${state.disabledReason}` : ""
-        }`
-        : `charm needs re-authentication${
-          state.needsReauthReason ? `: ${state.needsReauthReason}` : ""
-        }`;
-      const skipped: RunRecord = {
-        ..._newRecord(message),
-        state: "skipped",
-        finishedAt: now,
-        error: why,
-      };
-      // The delivery is acknowledged in the same commit (the kv driver's job).
-      const { ok } = await delivery.commit((op) =>
-        op.check(recordEntry).check(stateEntry).set(runKey(ref, run), skipped, {
-          expireIn: runRecordTtlMs(policy.intervalMs),
-        })
-      );
-      if (!ok) continue;
-      log.info("Skipped run: {charm} is {why}", {
-        charm: formatCharmRef(ref),
-        why: state.disabled ? "disabled" : "waiting for re-authentication",
-      });
-      return "skipped";
-    }
-
     const lease = leaseEntry.value;
     if (lease !== null && lease.expiresAt > now) {
       // Someone holds the charm: a concurrent duplicate of this run, a run of
       // another slot, or a crashed process whose lease has not expired yet.
+      // (Checked before disabled: a duplicate of a run that is executing must
+      // not record it skipped under it.)
       // The same run comes back when the lease ends (the duplicate check then
       // decides); another run polls every second, since the lease's end is a
       // worst case and most runs take milliseconds.
@@ -297,6 +269,37 @@ async function _claimAndRun(
         holder: `${lease.run}#${lease.attempt}`,
       });
       return "deferred";
+    }
+
+    if (state.disabled || state.needsReauth) {
+      // A run enqueued before the charm was parked: skip it like a disabled
+      // one. Replacing the argument (the auth) un-parks the charm.
+      const why = state.disabled
+        ? `charm is disabled${
+          state.disabledReason ? `: ${state.disabledReason}` : ""
+        }`
+        : `charm needs re-authentication${
+          state.needsReauthReason ? `: ${state.needsReauthReason}` : ""
+        }`;
+      const skipped: RunRecord = {
+        ..._newRecord(message),
+        state: "skipped",
+        finishedAt: now,
+        error: why,
+      };
+      // The delivery is acknowledged in the same commit (the kv driver's job).
+      const { ok } = await delivery.commit((op) =>
+        op.check(recordEntry).check(stateEntry).check(leaseEntry)
+          .set(runKey(ref, run), skipped, {
+            expireIn: runRecordTtlMs(policy.intervalMs),
+          })
+      );
+      if (!ok) continue;
+      log.info("Skipped run: {charm} is {why}", {
+        charm: formatCharmRef(ref),
+        why: state.disabled ? "disabled" : "waiting for re-authentication",
+      });
+      return "skipped";
     }
 
     // The permit bounds executions, not commits: it is released as soon as
@@ -399,7 +402,8 @@ async function _runLeased(
   log.debug("Started run of {charm}", { charm: formatCharmRef(ref) });
   const execution = await _execute(deps, charm, message, log, {
     cells: [argEntry, resEntry],
-    pure: false,
+    // A pure recipe's handler gets no network on any path, leased or not.
+    pure: deps.recipes.get(charm.recipe)?.pure === true,
   });
   release();
   if (!execution.ok && deps.shutdownSignal.aborted) {

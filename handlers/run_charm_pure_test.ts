@@ -216,3 +216,44 @@ Deno.test("runCharm() leaves nothing behind when shutdown interrupts a pure run"
   );
   assert.equal((await kv.get(charmLeaseKey(ref))).value, null);
 });
+
+Deno.test("runCharm() refuses a pure recipe's fetch under a lease too", async () => {
+  const gate = deferred();
+  let started = 0;
+  const fetched: string[] = [];
+  const sneaky = defineRecipe({
+    name: "test-pure-sneaky",
+    description: "pure, fetches on its second execution",
+    pure: true,
+    argumentSchema: z.object({}),
+    resultSchema: z.object({ runs: z.number() }),
+    initialResult: () => ({ runs: 0 }),
+    handlers: {
+      async bgUpdater(ctx) {
+        const execution = ++started;
+        if (execution === 1) await gate.promise;
+        if (execution === 3) {
+          // The leased re-run after the conflict below.
+          await ctx.fetch("https://example.test/effect");
+          fetched.push("effect");
+        }
+        ctx.result.set({ runs: ctx.result.get().runs + 1 });
+      },
+    },
+  });
+  const t = await setup(sneaky);
+  await using _deps = t.deps;
+  const ref = await t.create(sneaky.name);
+  const a = runCharm(t.deps, runMessageFor(ref, SLOT));
+  await waitFor("run A to start", () => started === 1);
+  // Another slot commits meanwhile: A's commit conflicts, A re-runs leased.
+  assert.equal(
+    await runCharm(t.deps, runMessageFor(ref, SLOT + 60_000)),
+    "succeeded",
+  );
+  gate.resolve();
+  assert.equal(await a, "failed");
+  assert.deepEqual(fetched, []);
+  const state = await t.kv.get<CharmState>(charmStateKey(ref));
+  assert.match(state.value?.lastError ?? "", /is pure: it cannot call fetch/);
+});

@@ -7,7 +7,7 @@ import {
   type RunContext,
 } from "../charm/recipe.ts";
 import { RECIPES } from "../recipes/mod.ts";
-import { createCharm } from "../store/charms.ts";
+import { createCharm, setCharmDisabled } from "../store/charms.ts";
 import {
   cellKey,
   charmLeaseKey,
@@ -24,6 +24,7 @@ import {
   runMessageFor,
   SPACE,
   type TestDepsOptions,
+  waitFor,
 } from "../test/test_deps.ts";
 import { startWebhookReceiver } from "../test/webhook_receiver.ts";
 import type { RunMessage } from "./messages.ts";
@@ -508,4 +509,40 @@ Deno.test("runCharm() fails a webhook whose reply is larger than a cell, writing
     /replied with more than 61440 bytes/,
   );
   assert.deepEqual(await t.result(ref), before);
+});
+
+Deno.test("runCharm() defers, not skips, a duplicate of a run executing when its charm is disabled", async () => {
+  const gate = deferred();
+  let started = 0;
+  const slow = defineRecipe({
+    name: "test-slow",
+    description: "waits on a gate, then counts",
+    argumentSchema: z.object({}),
+    resultSchema: z.object({ n: z.number() }),
+    initialResult: () => ({ n: 0 }),
+    handlers: {
+      async bgUpdater(ctx) {
+        started++;
+        await gate.promise;
+        ctx.result.set({ n: ctx.result.get().n + 1 });
+      },
+    },
+  });
+  const t = await setup({ extraRecipes: [slow] });
+  await using _deps = t.deps;
+  const ref = await t.create(slow.name, {});
+  const message = runMessage(ref);
+  const first = runCharm(t.deps, message);
+  await waitFor("the run to start", () => started === 1);
+  await setCharmDisabled(t.deps.kv, ref, true, "by hand");
+  // A duplicate delivery meanwhile: the run is not over, so it is not skipped.
+  assert.equal(await runCharm(t.deps, message), "deferred");
+  gate.resolve();
+  assert.equal(await first, "succeeded");
+  assert.equal((await t.record(ref))?.state, "succeeded");
+  assert.deepEqual(await t.result(ref), { n: 1 });
+  // The deferred copy, delivered later, is a duplicate.
+  for (const { message: copy } of t.queue.sent) {
+    assert.equal(await runCharm(t.deps, copy), "duplicate");
+  }
 });
