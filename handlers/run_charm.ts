@@ -69,7 +69,7 @@ import {
   serviceCounterKey,
   undeliveredKey,
 } from "../store/keys.ts";
-import { addToCounter, jsonSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
+import { addToCounter, cellSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
 import { runKeyOf, type RunMessage } from "./messages.ts";
 
 /** What happened to one delivery of a run message. */
@@ -744,7 +744,7 @@ function _checkCells(
         }`,
       );
     }
-    const size = jsonSize(cells[name]);
+    const size = cellSize(cells[name]);
     if (size > MAX_CELL_BYTES) {
       return new NonRetriableError(
         `Recipe "${recipe.name}" wrote a ${size}-byte ${name} cell; the limit is ${MAX_CELL_BYTES} bytes`,

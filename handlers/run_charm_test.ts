@@ -328,9 +328,12 @@ const badOutputRecipe = defineRecipe({
   name: "test-bad-output",
   description: "writes an invalid or oversized result",
   argumentSchema: z.object({
-    mode: z.enum(["invalid", "huge", "throw-string"]),
+    mode: z.enum(["invalid", "huge", "throw-string", "many-numbers"]),
   }),
-  resultSchema: z.object({ text: z.string() }),
+  resultSchema: z.object({
+    text: z.string(),
+    numbers: z.array(z.number()).optional(),
+  }),
   initialResult: () => ({ text: "initial" }),
   handlers: {
     bgUpdater(ctx) {
@@ -339,6 +342,12 @@ const badOutputRecipe = defineRecipe({
       ctx.result.set(
         mode === "invalid"
           ? { text: 5 } as unknown as { text: string }
+          : mode === "many-numbers"
+          // About 60 KB of JSON, over 64 KiB as KV stores it.
+          ? {
+            text: "",
+            numbers: Array.from({ length: 15_000 }, () => 0.5),
+          } as { text: string }
           : { text: "x".repeat(70 * 1024) },
       );
       return Promise.resolve();
@@ -351,6 +360,7 @@ Deno.test("runCharm() rejects invalid or oversized recipe output without writing
     const [mode, expected] of [
       ["invalid", /wrote an invalid result\.text/],
       ["huge", /byte result cell; the limit is 61440 bytes/],
+      ["many-numbers", /byte result cell; the limit is 61440 bytes/],
       ["throw-string", /Error: plain string/],
     ] as const
   ) {

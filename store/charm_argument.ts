@@ -22,7 +22,7 @@ import type { SecretKeys } from "../lib/secrets.ts";
 import { encodeCell } from "./cell_codec.ts";
 import { type ArgumentCheck, writeCharmState } from "./charms.ts";
 import { cellKey, charmKey, charmStateKey } from "./keys.ts";
-import { jsonSize, MAX_CELL_BYTES } from "./kv_util.ts";
+import { cellSize, MAX_CELL_BYTES } from "./kv_util.ts";
 
 /**
  * Validates `argument` against the charm's recipe and stores it; a charm that
@@ -72,7 +72,7 @@ export async function replaceCharmArgument(
           }`,
         );
       }
-      const size = jsonSize(parsed.data);
+      const size = cellSize(parsed.data);
       if (size > MAX_CELL_BYTES) {
         throw new TypeError(
           `argument: ${size} bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,

@@ -36,8 +36,8 @@ import {
 } from "./keys.ts";
 import {
   addToCounter,
+  cellSize,
   getManyByRange,
-  jsonSize,
   MAX_CELL_BYTES,
 } from "./kv_util.ts";
 
@@ -148,11 +148,10 @@ export async function createCharm(
       result,
     ]] as const
   ) {
-    if (jsonSize(value) > MAX_CELL_BYTES) {
+    const size = cellSize(value);
+    if (size > MAX_CELL_BYTES) {
       throw new TypeError(
-        `Invalid ${name}: ${
-          jsonSize(value)
-        } bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,
+        `Invalid ${name}: ${size} bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,
       );
     }
   }

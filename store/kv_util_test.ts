@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { getManyByRange, getManyChunked, keyId } from "./kv_util.ts";
+import { serialize as v8Serialize } from "node:v8";
+import {
+  cellSize,
+  getManyByRange,
+  getManyChunked,
+  jsonSize,
+  keyId,
+  MAX_CELL_BYTES,
+  serializedSizeBound,
+} from "./kv_util.ts";
 
 /** Writes `["things", i]` for each `i` in `present`, and noise around them. */
 async function seed(kv: Deno.Kv, present: number[]): Promise<void> {
@@ -61,4 +70,47 @@ Deno.test("getManyByRange() returns getMany's entries for keys out of order", as
     await getManyByRange<string>(kv, keys),
     await getManyChunked<string>(kv, keys),
   );
+});
+
+Deno.test("serializedSizeBound() is never below V8's serialized size", () => {
+  const values: unknown[] = [
+    null,
+    true,
+    0,
+    -1,
+    2 ** 31,
+    1.5,
+    "",
+    "ascii text",
+    "façade",
+    "emoji 🎉 and 漢字",
+    [],
+    [1, 2.5, "x", null, [true]],
+    {},
+    { a: 1, b: { c: ["d", 3.25] }, "key with ü": "value" },
+    Array.from({ length: 1000 }, (_, i) => i + 0.5),
+    Object.fromEntries(
+      Array.from({ length: 200 }, (_, i) => [`k${i}`, { n: i, s: "v" + i }]),
+    ),
+  ];
+  for (const value of values) {
+    const actual = v8Serialize(value).length;
+    assert.ok(
+      serializedSizeBound(value) >= actual,
+      `${JSON.stringify(value).slice(0, 40)}: ${actual}`,
+    );
+  }
+});
+
+Deno.test("cellSize() refuses what JSON passes but KV cannot store", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  // About 60 KB of JSON, but 9 bytes a number for V8.
+  const doubles = Array.from({ length: 15_000 }, () => 0.5);
+  assert.ok(jsonSize(doubles) <= MAX_CELL_BYTES);
+  assert.ok(cellSize(doubles) > MAX_CELL_BYTES);
+  await assert.rejects(kv.set(["cell"], doubles), /too large/);
+  // And what the limit passes, KV stores.
+  const fits = Array.from({ length: 6_000 }, () => 0.5);
+  assert.ok(cellSize(fits) <= MAX_CELL_BYTES);
+  assert.ok((await kv.set(["cell"], fits)).ok);
 });
