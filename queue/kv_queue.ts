@@ -354,7 +354,10 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
         if (claimed > 0 && hasSlot()) continue;
         // Full, or nothing due: wait for a free slot, a wake-up, or the next
         // due job, whichever comes first.
-        let waitMs = buffer.length > 0 ? MAX_BUFFER_WAIT_MS : pollMs;
+        // With jobs waiting for a slot, wake when the oldest is due back.
+        let waitMs = buffer.length > 0
+          ? buffer[0]!.claimedAt + MAX_BUFFER_WAIT_MS - now() + 1
+          : pollMs;
         if (hasSlot()) {
           const untilNext = await msUntilNextDue().catch(() => pollMs);
           // Draining: nothing more comes due within the budget.

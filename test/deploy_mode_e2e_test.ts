@@ -24,9 +24,14 @@ Deno.test({
     });
     try {
       assert.match(service.output(), /Queue driver: kv \(QUEUE_DRIVER\)/);
-      assert.match(
-        service.output(),
-        /drained in each cron tick and fan-out request \(no listener\)/,
+      // Logged at the end of startup, which may finish after the server
+      // starts listening.
+      await waitFor(
+        "the queue's startup line",
+        () =>
+          /drained in each cron tick and fan-out request \(no listener\)/
+            .test(service.output()),
+        10_000,
       );
       const post = (path: string, body?: unknown) =>
         service.json(path, {
