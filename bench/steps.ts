@@ -187,13 +187,13 @@ export async function throughputStep(
           const runs = e2e.get(`${driver.name}/${processes}/${kind}/${charms}`);
           if (runs === undefined) continue;
           const rate = figure(runs.map((r) => r.runsPerSecond));
-          const ratios: Record<string, Figure> = {};
-          for (const size of config.baselineSizes) {
-            const base = baseline.get(`${kind}/${size}`)!;
-            ratios[String(size)] = figure(
-              runs.map((r, i) => r.runsPerSecond / base[i]!),
-            );
-          }
+          const ratios = _ratios(
+            runs.map((r) => r.runsPerSecond),
+            config.baselineSizes.map((size) =>
+              baseline.get(`${kind}/${size}`)!
+            ),
+            config.baselineSizes,
+          );
           const ops = runs[0]!.kvOpsPerRun;
           const cpu = runs[0]!.cpuMsPerRun === null
             ? null
@@ -220,14 +220,7 @@ export async function throughputStep(
             figure: rate,
             unit: "runs/s",
           });
-          for (const [size, ratio] of Object.entries(ratios)) {
-            rows.push({
-              measurement: `   ratio to baseline at ${fmt(Number(size))}`,
-              kv: kind,
-              figure: ratio,
-              unit: "×",
-            });
-          }
+          rows.push(..._ratioRows(ratios, kind));
           if (cpu !== null) {
             rows.push({
               measurement: `   CPU per run (all threads)`,
@@ -282,11 +275,11 @@ export async function throughputStep(
   for (const [key, values] of ceiling) {
     const [kind, runs] = key.split("/") as [KvKind, string];
     const rate = figure(values);
-    const ratios: Record<string, Figure> = {};
-    for (const size of config.baselineSizes) {
-      const base = baseline.get(`${kind}/${size}`)!;
-      ratios[String(size)] = figure(values.map((v, i) => v / base[i]!));
-    }
+    const ratios = _ratios(
+      values,
+      config.baselineSizes.map((size) => baseline.get(`${kind}/${size}`)!),
+      config.baselineSizes,
+    );
     (results.kvCeiling as Record<string, unknown>)[key] = {
       kind,
       runs: Number(runs),
@@ -303,14 +296,7 @@ export async function throughputStep(
       figure: rate,
       unit: "runs/s",
     });
-    for (const [size, ratio] of Object.entries(ratios)) {
-      rows.push({
-        measurement: `   ratio to baseline at ${fmt(Number(size))}`,
-        kv: kind,
-        figure: ratio,
-        unit: "×",
-      });
-    }
+    rows.push(..._ratioRows(ratios, kind));
   }
   return { results, rows, targets };
 }
@@ -550,6 +536,32 @@ export async function httpStep(
     }
   }
   return { results: out, rows, targets: [] };
+}
+
+/**
+ * Each repetition's rate over the baseline's in the same repetition, per
+ * backlog size (`baselines[i]` holds the repetitions at `sizes[i]`).
+ */
+function _ratios(
+  rates: number[],
+  baselines: number[][],
+  sizes: readonly number[],
+): Record<string, Figure> {
+  return Object.fromEntries(
+    sizes.map((size, s) => [
+      String(size),
+      figure(rates.map((rate, i) => rate / baselines[s]![i]!)),
+    ]),
+  );
+}
+
+function _ratioRows(ratios: Record<string, Figure>, kind: KvKind): Row[] {
+  return Object.entries(ratios).map(([size, ratio]) => ({
+    measurement: `   ratio to baseline at ${fmt(Number(size))}`,
+    kv: kind,
+    figure: ratio,
+    unit: "×",
+  }));
 }
 
 function _checkRuns(r: EndToEndResult, charms: number): void {

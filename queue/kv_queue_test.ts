@@ -12,6 +12,7 @@ import {
   kvQueue,
   MAX_BUFFER_WAIT_MS,
 } from "./kv_queue.ts";
+import type { QueueDriver } from "./queue.ts";
 
 async function jobs(kv: Deno.Kv): Promise<Job[]> {
   const all: Job[] = [];
@@ -21,6 +22,30 @@ async function jobs(kv: Deno.Kv): Promise<Job[]> {
     }
   }
   return all;
+}
+
+/** Enqueues `n` run messages in one commit. */
+async function enqueue(
+  kv: Deno.Kv,
+  queue: QueueDriver,
+  n: number,
+): Promise<void> {
+  const op = kv.atomic();
+  for (const m of messages(n)) {
+    queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead", m.charmId] });
+  }
+  await op.commit();
+}
+
+/** Listens with a handler that notes each start and waits on `gate`. */
+function listenGated(queue: QueueDriver) {
+  const gate = deferred();
+  const started: string[] = [];
+  const listening = queue.listen(async (raw) => {
+    started.push((raw as Message).charmId);
+    await gate.promise;
+  });
+  return { gate, started, listening };
 }
 
 function messages(n: number): Message[] {
@@ -38,17 +63,8 @@ Deno.test({
     await using kv = await Deno.openKv(":memory:");
     const queue = kvQueue(kv, { owner: "w", leaseMs: 60_000, maxInFlight: 1 });
     // Enqueued before the worker starts: its first scan sees all five.
-    const op = kv.atomic();
-    for (const m of messages(5)) {
-      queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead", m.charmId] });
-    }
-    await op.commit();
-    const gate = deferred();
-    const started: string[] = [];
-    const listening = queue.listen(async (raw) => {
-      started.push((raw as Message).charmId);
-      await gate.promise;
-    });
+    await enqueue(kv, queue, 5);
+    const { gate, started, listening } = listenGated(queue);
     await waitFor("the first job to start", () => started.length === 1);
     // One slot: the worker claimed the other four ahead of it.
     assert.equal((await jobs(kv)).filter((j) => j.leasedBy === "w").length, 5);
@@ -84,17 +100,8 @@ Deno.test({
       maxInFlight: 1,
       now: () => clock,
     });
-    const op = kv.atomic();
-    for (const m of messages(3)) {
-      queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead"] });
-    }
-    await op.commit();
-    const gate = deferred();
-    const started: string[] = [];
-    const listening = queue.listen(async (raw) => {
-      started.push((raw as Message).charmId);
-      await gate.promise;
-    });
+    await enqueue(kv, queue, 3);
+    const { gate, started, listening } = listenGated(queue);
     try {
       await waitFor("the first job to start", () => started.length === 1);
       // The run in the only slot takes longer than a claimed job may wait.
@@ -176,11 +183,7 @@ Deno.test({
       leaseMs: 60_000,
       maxInFlight: 4,
     });
-    const op = kv.atomic();
-    for (const m of messages(3)) {
-      queue.enqueue(op, m, { delayMs: 0, undeliveredKey: ["dead"] });
-    }
-    await op.commit();
+    await enqueue(kv, queue, 3);
     const started: string[] = [];
     const listening = queue.listen((raw) => {
       started.push((raw as Message).charmId);
