@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { isBusyError } from "./busy_retry.ts";
 
 /** `getMany` reads at most 10 keys per call; this reads any number. */
 export async function getManyChunked<T>(
@@ -33,13 +34,21 @@ export async function getManyByRange<T>(
 ): Promise<Deno.KvEntryMaybe<T>[]> {
   if (keys.length < 2) return await getManyChunked<T>(kv, keys);
   const found = new Map<string, Deno.KvEntry<T>>();
-  for await (
-    const entry of kv.list<T>({
-      start: keys[0]!,
-      // Just past the last key: a longer key with the same parts sorts after.
-      end: [...keys.at(-1)!, ""],
-    }, { limit: keys.length * scanFactor })
-  ) found.set(keyId(entry.key), entry);
+  try {
+    for await (
+      const entry of kv.list<T>({
+        start: keys[0]!,
+        // Just past the last key: a longer key with the same parts sorts
+        // after.
+        end: [...keys.at(-1)!, ""],
+      }, { limit: keys.length * scanFactor })
+    ) found.set(keyId(entry.key), entry);
+  } catch (error) {
+    // Another process holds the SQLite file's lock: `list` is not retried
+    // (store/busy_retry.ts), `getMany` is. Read it all that way.
+    if (!isBusyError(error)) throw error;
+    return await getManyChunked<T>(kv, keys);
+  }
   const result: (Deno.KvEntryMaybe<T> | null)[] = keys.map((key) =>
     found.get(keyId(key)) ?? null
   );

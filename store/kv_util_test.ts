@@ -114,3 +114,26 @@ Deno.test("cellSize() refuses what JSON passes but KV cannot store", async () =>
   assert.ok(cellSize(fits) <= MAX_CELL_BYTES);
   assert.ok((await kv.set(["cell"], fits)).ok);
 });
+
+Deno.test("getManyByRange() falls back to getMany when the file is locked", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  await seed(kv, [1, 2, 3]);
+  // Another process holds the SQLite lock while we list (getMany retries it;
+  // list does not).
+  const locked = new Proxy(kv, {
+    get(target, name) {
+      if (name === "list") {
+        return () => {
+          throw new TypeError("database is locked");
+        };
+      }
+      const value = Reflect.get(target, name, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  const keys = [1, 2, 4].map((i) => ["things", i]);
+  assert.deepEqual(
+    await getManyByRange<string>(locked, keys),
+    await getManyChunked<string>(kv, keys),
+  );
+});
