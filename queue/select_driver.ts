@@ -10,7 +10,7 @@
  */
 import type { Config } from "../config/config.ts";
 import { LEASE_MARGIN_MS } from "../handlers/run_charm.ts";
-import { kvQueue } from "./kv_queue.ts";
+import { kvQueue, MAX_BUFFER_WAIT_MS } from "./kv_queue.ts";
 import { nativeQueue } from "./native_queue.ts";
 import type { QueueDriver } from "./queue.ts";
 
@@ -68,9 +68,10 @@ export function createQueue(
   if (choice.driver === "native") return nativeQueue(kv);
   return kvQueue(kv, {
     owner,
-    // A claimed job waits for no one: the worker claims only what it can
-    // run now, so the lease need only outlast one run and its commit.
-    leaseMs: config.charmExecutionTimeoutMs + LEASE_MARGIN_MS + 2_000,
+    // A claimed job waits at most MAX_BUFFER_WAIT_MS for a slot, then runs
+    // (its timeout) and commits (the run lease's margin).
+    leaseMs: config.charmExecutionTimeoutMs + LEASE_MARGIN_MS +
+      MAX_BUFFER_WAIT_MS,
     maxInFlight: config.maxConcurrentJobs,
     pollMs: config.queuePollMs,
   });
