@@ -13,20 +13,20 @@ import { Semaphore } from "../lib/semaphore.ts";
 import type { QueueDriver } from "../queue/queue.ts";
 import type { RunPolicy, ServiceDeps } from "../service/deps.ts";
 import { withBusyRetry } from "../store/busy_retry.ts";
-import { makeTestDeps } from "../test/test_deps.ts";
+import { makeTestDeps, SPACE } from "../test/test_deps.ts";
+import { DEFAULTS } from "../config/config.ts";
 
-/** The space every bench charm lives in (a valid Ed25519 did:key). */
-export const BENCH_SPACE: DidKey =
-  "did:key:z6Mkj5HyygpAVo2baUcx7kwTRoUbbBmk5egUQPHnV8arQ3SY";
+/** The space every bench charm lives in (the tests' valid did:key). */
+export const BENCH_SPACE: DidKey = SPACE;
 
-/** The service's default policy (see `config/config.ts`). */
+/** The service's default policy. */
 export const BENCH_POLICY: RunPolicy = {
-  intervalMs: 60_000,
-  maxConsecutiveFailures: 5,
-  maxRetries: 3,
-  charmExecutionTimeoutMs: 30_000,
-  retryBaseDelayMs: 1_000,
-  retryMaxDelayMs: 60_000,
+  intervalMs: DEFAULTS.intervalMs,
+  maxConsecutiveFailures: DEFAULTS.maxConsecutiveFailures,
+  maxRetries: DEFAULTS.maxRetries,
+  charmExecutionTimeoutMs: DEFAULTS.charmExecutionTimeoutMs,
+  retryBaseDelayMs: DEFAULTS.retryBaseDelayMs,
+  retryMaxDelayMs: DEFAULTS.retryMaxDelayMs,
 };
 
 /**

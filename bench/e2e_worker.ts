@@ -10,7 +10,7 @@
  */
 import { dispatch } from "../handlers/dispatch.ts";
 import { benchDeps, serviceKv, ShiftedClock } from "./bench_deps.ts";
-import { isDriver, loadKvDriver, loadNativeDriver } from "./drivers.ts";
+import { driverNamed } from "./drivers.ts";
 import { benchRecipes, noopRecipe } from "./recipes.ts";
 
 if (import.meta.main) {
@@ -20,10 +20,7 @@ if (import.meta.main) {
       "usage: e2e_worker.ts <kvPath> <driver> <maxConcurrent> <clockAtMs>",
     );
   }
-  const factory = driverName === "native"
-    ? await loadNativeDriver()
-    : await loadKvDriver();
-  if (!isDriver(factory)) throw new Error(factory.reason);
+  const factory = driverNamed(driverName);
   const raw = await Deno.openKv(path);
   const kv = serviceKv(raw);
   const clock = new ShiftedClock();

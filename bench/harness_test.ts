@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { loadBenchConfig } from "./config.ts";
 import { countingKv, totalOps } from "./counting_kv.ts";
-import { isDriver, loadKvDriver, loadNativeDriver } from "./drivers.ts";
+import { driverNamed, KV_DRIVER, NATIVE_DRIVER } from "./drivers.ts";
 import { endToEnd } from "./end_to_end.ts";
 import { serviceV8Flags } from "./fanout_scale.ts";
 import { kvCeiling } from "./kv_ceiling.ts";
@@ -42,7 +42,7 @@ Deno.test("queueBaseline() drains every message and reports a rate", async () =>
 Deno.test("endToEnd() runs every charm once through dispatch() and counts KV ops", async () => {
   const result = await endToEnd({
     kind: "memory",
-    driver: await loadNativeDriver(),
+    driver: NATIVE_DRIVER,
     charms: 20,
     maxConcurrent: 5,
     processes: 1,
@@ -57,10 +57,15 @@ Deno.test("endToEnd() runs every charm once through dispatch() and counts KV ops
   assert.ok(writes > 1 && writes < 1.5, `writes per run: ${writes}`);
 });
 
-Deno.test("loadKvDriver() loads the kv driver", async () => {
-  const driver = await loadKvDriver();
-  assert.equal(driver.name, "kv");
-  assert.ok(isDriver(driver), isDriver(driver) ? "" : driver.reason);
+Deno.test("driverNamed() builds each driver as main.ts does, and refuses others", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  for (const name of ["native", "kv"]) {
+    const { queue, stop } = driverNamed(name).create(kv, 5, "test");
+    assert.equal(queue.name, name);
+    stop();
+  }
+  assert.equal(driverNamed("kv"), KV_DRIVER);
+  assert.throws(() => driverNamed("redis"), /"redis" is not a driver/);
 });
 
 Deno.test("figure() and percentile() summarise repetitions", () => {

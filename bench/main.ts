@@ -6,7 +6,7 @@
  * @module
  */
 import { type BenchConfig, loadBenchConfig, usage } from "./config.ts";
-import { loadKvDriver, loadNativeDriver } from "./drivers.ts";
+import { KV_DRIVER, NATIVE_DRIVER } from "./drivers.ts";
 import { describeMachine } from "./machine.ts";
 import { formatRows, formatTargets, type Row, type Target } from "./report.ts";
 import {
@@ -37,13 +37,13 @@ const progress: Progress = (line) =>
     } s] ${line}`,
   );
 const machine = await describeMachine();
-const drivers = { native: await loadNativeDriver(), kv: await loadKvDriver() };
+const drivers = { native: NATIVE_DRIVER, kv: KV_DRIVER };
 progress(
   `${machine.cores} cores, ${
     Math.round(machine.memoryBytes / 2 ** 30)
   } GiB, Deno ${machine.deno}; steps: ${config.steps.join(", ")}${
     config.quick ? " (quick)" : ""
-  }; kv driver: ${"reason" in drivers.kv ? drivers.kv.reason : "loaded"}`,
+  }`,
 );
 
 const rows: Row[] = [];
@@ -70,9 +70,6 @@ await Deno.writeTextFile(
     {
       machine: { ...machine, loadAverageAtEnd: Deno.loadavg() },
       config: sizes,
-      kvDriver: "reason" in drivers.kv
-        ? `kv driver: ${drivers.kv.reason}`
-        : "kv driver: measured",
       durationS: Math.round(durationS),
       results,
       targets,

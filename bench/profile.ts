@@ -20,13 +20,13 @@ import { nativeQueue } from "../queue/native_queue.ts";
 import { benchDeps } from "./bench_deps.ts";
 import type { KvKind } from "./bench_kv.ts";
 import { openBenchKv } from "./bench_kv.ts";
-import { isDriver, loadKvDriver, loadNativeDriver } from "./drivers.ts";
+import { driverNamed } from "./drivers.ts";
 import { endToEnd } from "./end_to_end.ts";
 import { queueBaseline } from "./queue_baseline.ts";
 import { benchRecipes, noopRecipe } from "./recipes.ts";
 import { seedCharmsBatched } from "./seed.ts";
 
-if (import.meta.main) {
+async function _main(): Promise<void> {
   const [what, ...rest] = Deno.args;
   const kindOf = (value: string | undefined): KvKind => {
     if (value !== "file" && value !== "memory") {
@@ -38,10 +38,7 @@ if (import.meta.main) {
     const r = await queueBaseline(kindOf(rest[0]), Number(rest[1]), 600_000);
     console.log(JSON.stringify(r));
   } else if (what === "e2e") {
-    const driver = rest[0] === "kv"
-      ? await loadKvDriver()
-      : await loadNativeDriver();
-    if (!isDriver(driver)) throw new Error(driver.reason);
+    const driver = driverNamed(rest[0] ?? "");
     const r = await endToEnd({
       kind: kindOf(rest[1]),
       driver,
@@ -75,5 +72,16 @@ if (import.meta.main) {
     throw new TypeError(
       "usage: profile.ts baseline <kind> <n> | e2e <driver> <kind> <n> | fanout <n>",
     );
+  }
+}
+
+if (import.meta.main) {
+  try {
+    await _main();
+  } catch (error) {
+    // A wrong argument is a usage line, not a stack trace.
+    if (!(error instanceof TypeError)) throw error;
+    console.error(`error: ${error.message}`);
+    Deno.exit(2);
   }
 }

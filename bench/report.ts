@@ -12,7 +12,7 @@ export interface Row {
   kv: string;
   figure: Figure | null;
   unit: string;
-  /** Text in place of a figure (a driver not built, say). */
+  /** Text in place of a figure (KV ops per run, say). */
   text?: string;
 }
 

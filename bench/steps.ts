@@ -6,7 +6,7 @@
  */
 import type { KvKind } from "./bench_kv.ts";
 import type { BenchConfig } from "./config.ts";
-import { type DriverFactory, isDriver, type MissingDriver } from "./drivers.ts";
+import type { DriverFactory } from "./drivers.ts";
 import { endToEnd, type EndToEndResult } from "./end_to_end.ts";
 import { fanoutOnce, prepareFanoutTemplates } from "./fanout_scale.ts";
 import { HTTP_PATHS, loadOnce, startHttpTarget } from "./http_bench.ts";
@@ -26,10 +26,10 @@ export interface StepOutput {
   targets: Target[];
 }
 
-/** The drivers a run has: always `native`; `kv` or why not. */
+/** The drivers a run measures. */
 export interface Drivers {
   native: DriverFactory;
-  kv: DriverFactory | MissingDriver;
+  kv: DriverFactory;
 }
 
 const MB = 1024 * 1024;
@@ -45,7 +45,7 @@ export async function throughputStep(
   drivers: Drivers,
   progress: Progress,
 ): Promise<StepOutput> {
-  const serviceDrivers = [drivers.native, drivers.kv].filter(isDriver);
+  const serviceDrivers = [drivers.native, drivers.kv];
   const baseline = new Map<string, number[]>();
   const enqueueMs = new Map<string, number[]>();
   const baselineCpu = new Map<string, number[]>();
@@ -87,18 +87,16 @@ export async function throughputStep(
           );
         }
       }
-      if (isDriver(drivers.kv)) {
-        const runs = config.e2eCharms[0]!;
-        const r = await kvCeiling(kind, runs);
-        add(ceiling, `${kind}/${runs}`, r.runsPerSecond);
-        progress(
-          `KV ceiling ${kind} ${fmt(runs)} runs #${rep}: ${
-            fmt(r.runsPerSecond)
-          } runs/s`,
-        );
-      }
+      const ceilingRuns = config.e2eCharms[0]!;
+      const limit = await kvCeiling(kind, ceilingRuns);
+      add(ceiling, `${kind}/${ceilingRuns}`, limit.runsPerSecond);
+      progress(
+        `KV ceiling ${kind} ${fmt(ceilingRuns)} runs #${rep}: ${
+          fmt(limit.runsPerSecond)
+        } runs/s`,
+      );
       if (
-        kind === "file" && isDriver(drivers.kv) && config.twoProcessCharms > 0
+        kind === "file" && config.twoProcessCharms > 0
       ) {
         const charms = config.twoProcessCharms;
         const r = await endToEnd({
@@ -156,25 +154,6 @@ export async function throughputStep(
 
   const e2eOut = results.endToEnd as Record<string, unknown>;
   for (const driver of [drivers.native, drivers.kv]) {
-    if (!isDriver(driver)) {
-      e2eOut[driver.name] = { status: "not built yet", reason: driver.reason };
-      rows.push({
-        measurement: `3. end to end, ${driver.name} driver`,
-        kv: "-",
-        figure: null,
-        unit: "",
-        text: `${driver.name} driver: not built yet`,
-      });
-      for (const kind of config.kinds) {
-        targets.push({
-          name: `${driver.name} driver ≥ ${_kvFactor(kind)}× native (${kind})`,
-          target: `≥ ${_kvFactor(kind)}×`,
-          value: "not built yet",
-          met: null,
-        });
-      }
-      continue;
-    }
     const byDriver: Record<string, unknown> = {};
     e2eOut[driver.name] = byDriver;
     const step = driver.name === "native" ? "2" : "3";
@@ -417,7 +396,7 @@ export async function latenessStep(
   ]);
   // The kv driver on the file only: its lateness comes from its own polling,
   // not the store, and the step is bounded by wall time.
-  if (isDriver(drivers.kv)) runs.push([drivers.kv, "file"]);
+  runs.push([drivers.kv, "file"]);
   for (const [driver, kind] of runs) {
     const cycles: CycleLateness[] = await lateness({
       kind,
