@@ -10,18 +10,20 @@
  * @module
  */
 import {
-  type Charm,
   type CharmRef,
   type CharmState,
   formatCharmRef,
   initialCharmState,
 } from "../charm/charm.ts";
 import type { AnyRecipe } from "../charm/recipe.ts";
-import { NotFoundError } from "../lib/errors.ts";
 import type { SecretKeys } from "../lib/secrets.ts";
 import { encodeCell } from "./cell_codec.ts";
-import { type ArgumentCheck, writeCharmState } from "./charms.ts";
-import { cellKey, charmKey, charmStateKey } from "./keys.ts";
+import {
+  type ArgumentCheck,
+  readCharmForUpdate,
+  writeCharmState,
+} from "./charms.ts";
+import { cellKey } from "./keys.ts";
 import { cellSize, MAX_CELL_BYTES } from "./kv_util.ts";
 
 /**
@@ -49,13 +51,7 @@ export async function replaceCharmArgument(
   // a retry after contention reuses it unless the recipe changed meanwhile.
   let prepared: { recipe: AnyRecipe; stored: unknown } | null = null;
   for (let attempt = 0; attempt < 10; attempt++) {
-    const [charm, state] = await kv.getMany<[Charm, CharmState]>([
-      charmKey(ref),
-      charmStateKey(ref),
-    ]);
-    if (charm.value === null) {
-      throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
-    }
+    const [charm, state] = await readCharmForUpdate(kv, ref);
     const recipe = recipes.get(charm.value.recipe);
     if (recipe === undefined) {
       throw new TypeError(

@@ -177,6 +177,25 @@ export async function createCharm(
   return charm;
 }
 
+/**
+ * Reads a charm's record and state entries for an update checked on both.
+ *
+ * @throws {NotFoundError} when the charm does not exist.
+ */
+export async function readCharmForUpdate(
+  kv: Deno.Kv,
+  ref: CharmRef,
+): Promise<[Deno.KvEntry<Charm>, Deno.KvEntryMaybe<CharmState>]> {
+  const [charm, state] = await kv.getMany<[Charm, CharmState]>([
+    charmKey(ref),
+    charmStateKey(ref),
+  ]);
+  if (charm.value === null) {
+    throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
+  }
+  return [charm as Deno.KvEntry<Charm>, state];
+}
+
 /** Reads a charm with its state; `null` when it does not exist. */
 export async function getCharmSummary(
   kv: Deno.Kv,
@@ -422,13 +441,7 @@ export async function setCharmDisabled(
   reason: string,
 ): Promise<CharmState> {
   for (let attempt = 0; attempt < 10; attempt++) {
-    const [charm, state] = await kv.getMany<[Charm, CharmState]>([
-      charmKey(ref),
-      charmStateKey(ref),
-    ]);
-    if (charm.value === null) {
-      throw new NotFoundError(`Charm ${formatCharmRef(ref)} does not exist`);
-    }
+    const [, state] = await readCharmForUpdate(kv, ref);
     const before = state.value ?? initialCharmState();
     const after = disabled
       ? { ...before, disabled: true, disabledReason: reason }
