@@ -3,13 +3,13 @@ import { pathToFileURL } from "node:url";
 import { base64url, flattenedVerify, importJWK } from "jose";
 import type { CharmRef } from "../charm/charm.ts";
 import { publicKeyFromDidKey } from "../charm/did.ts";
-import type { RunMessage } from "../handlers/messages.ts";
 import { runCharm } from "../handlers/run_charm.ts";
 import { Identity } from "../identity/identity.ts";
 import { RECIPES } from "../recipes/mod.ts";
 import { createCharm } from "../store/charms.ts";
 import {
   makeTestDeps,
+  manualRunMessageFor,
   SPACE,
   TEST_SIGNER_PASSPHRASE,
 } from "../test/test_deps.ts";
@@ -52,19 +52,7 @@ async function runWebhook(url: string, nowMs: number) {
   await using deps = await makeTestDeps({ now: () => nowMs });
   const ref: CharmRef = { space: SPACE, charmId: "hook" };
   await createCharm(deps.kv, ref, RECIPES.get("webhook")!, { url }, nowMs);
-  const message: RunMessage = {
-    type: "run",
-    v: 1,
-    space: ref.space,
-    charmId: ref.charmId,
-    integration: null,
-    kind: "manual",
-    slot: nowMs,
-    runId: "r1",
-    attempt: 1,
-    enqueuedAt: nowMs,
-  };
-  return await runCharm(deps, message);
+  return await runCharm(deps, manualRunMessageFor(ref, nowMs, "r1"));
 }
 
 /** The Ed25519 public key inside a `did:key`, as jose's key. */

@@ -14,6 +14,7 @@ import { createCharm } from "../store/charms.ts";
 import { charmStateKey } from "../store/keys.ts";
 import {
   makeTestDeps,
+  manualRunMessageFor,
   recordingQueue,
   SPACE,
   type TestDepsOptions,
@@ -59,18 +60,7 @@ async function deployedDeps(
 }
 
 function manualRun(ref: CharmRef): RunMessage {
-  return {
-    type: "run",
-    v: 1,
-    space: ref.space,
-    charmId: ref.charmId,
-    integration: null,
-    kind: "manual",
-    slot: NOW,
-    runId: crypto.randomUUID(),
-    attempt: 1,
-    enqueuedAt: NOW,
-  };
+  return manualRunMessageFor(ref, NOW);
 }
 
 async function runHook(

@@ -14,7 +14,12 @@ import {
 } from "../store/charms.ts";
 import { listDeadLetters } from "../store/dead_letters.ts";
 import { charmLeaseKey, runKey, undeliveredKey } from "../store/keys.ts";
-import { deferred, SPACE, waitFor } from "../test/test_deps.ts";
+import {
+  deferred,
+  manualRunMessageFor,
+  SPACE,
+  waitFor,
+} from "../test/test_deps.ts";
 import {
   createService,
   DEMO_CHARMS,
@@ -68,19 +73,7 @@ Deno.test({
       const ref = { space: SPACE, charmId: "h1" } as const;
       await createCharm(kv, ref, hang, {}, Date.now());
       await service.start();
-      const message = {
-        type: "run",
-        v: 1,
-        space: ref.space,
-        charmId: ref.charmId,
-        integration: null,
-        kind: "manual",
-        slot: 1,
-        runId: "r1",
-        attempt: 1,
-        enqueuedAt: 1,
-      } as const;
-      await kv.enqueue(message);
+      await kv.enqueue(manualRunMessageFor(ref, 1, "r1"));
       await started.promise;
       await service.shutdown();
       await waitFor(

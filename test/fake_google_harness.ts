@@ -14,7 +14,9 @@ import { createCharm, registerCharm } from "../store/charms.ts";
 import { cellKey, charmKey, charmStateKey } from "../store/keys.ts";
 import {
   makeTestDeps,
+  manualRunMessageFor,
   recordingQueue,
+  runMessageFor,
   type SentMessage,
   SPACE,
   type TestDepsOptions,
@@ -118,32 +120,14 @@ export async function googleHarness(
     },
     run(ref, integration, overrides = {}) {
       const slot = Math.floor(clock.t / 60_000) * 60_000;
-      const message: RunMessage = integration === null
-        ? {
-          type: "run",
-          v: 1,
-          space: ref.space,
-          charmId: ref.charmId,
-          integration: null,
-          kind: "manual",
-          slot,
-          runId: crypto.randomUUID(),
-          attempt: 1,
-          enqueuedAt: clock.t,
-          ...overrides,
-        } as RunMessage
-        : {
-          type: "run",
-          v: 1,
-          space: ref.space,
-          charmId: ref.charmId,
-          integration,
-          kind: "scheduled",
-          slot,
-          attempt: 1,
-          enqueuedAt: clock.t,
-          ...overrides,
-        } as RunMessage;
+      const base = integration === null
+        ? manualRunMessageFor(ref, slot)
+        : runMessageFor(ref, slot, { integration });
+      const message = {
+        ...base,
+        enqueuedAt: clock.t,
+        ...overrides,
+      } as RunMessage;
       return runCharm(deps, message);
     },
     async argument(ref) {

@@ -28,6 +28,7 @@ import {
 import { readServiceState } from "../store/service_state.ts";
 import {
   makeTestDeps,
+  manualRunMessageFor,
   recordingQueue,
   runMessageFor,
   SPACE,
@@ -57,13 +58,7 @@ function scheduled(ref: CharmRef): RunMessage {
 }
 
 function manual(ref: CharmRef, n: number): RunMessage {
-  return {
-    ...scheduled(ref),
-    integration: null,
-    kind: "manual",
-    slot: SLOT + n,
-    runId: `run-${n}`,
-  };
+  return manualRunMessageFor(ref, SLOT + n, `run-${n}`);
 }
 
 async function createCounters(

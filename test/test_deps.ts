@@ -203,6 +203,22 @@ export async function waitFor<T>(
   });
 }
 
+/**
+ * A manual run message of `ref` (what `POST …/run` enqueues) at `slot`, first
+ * attempt.
+ */
+export function manualRunMessageFor(
+  ref: CharmRef,
+  slot: number,
+  runId: string = crypto.randomUUID(),
+): Message {
+  return runMessageFor(ref, slot, {
+    integration: null,
+    kind: "manual",
+    runId,
+  } as Partial<Message>);
+}
+
 /** A scheduled run message of `ref` for `slot`, first attempt, by `manual`. */
 export function runMessageFor(
   ref: CharmRef,
