@@ -3,7 +3,7 @@
  * makes, with no service code around them. N charms seeded as the service
  * stores them and N jobs in the job table; then, in batches of 10 as the
  * driver claims them: one `list` of due jobs, one claim commit, one `getMany`
- * per run of the six keys the run handler reads, and one group commit of the
+ * per run of the four keys a pure first try reads, and one group commit of the
  * ten outcomes (the checks and writes of `handlers/run_charm.ts`'s pure path,
  * the job deletes). Two loops on disjoint shards keep the SQLite thread busy.
  *
@@ -126,18 +126,26 @@ async function _loop(
       return kv.getMany([
         charmKey(message),
         charmStateKey(message),
-        charmLeaseKey(message),
-        runKey(message, run),
         cellKey(message, "argument"),
         cellKey(message, "result"),
-      ]);
+      ]).then(([charm, state, argument, result]) =>
+        [
+          charm,
+          state,
+          // A pure first try checks these absent without reading them.
+          { key: charmLeaseKey(message), versionstamp: null },
+          { key: runKey(message, run), versionstamp: null },
+          argument,
+          result,
+        ] as const
+      );
     }));
     const now = Date.now();
     const outcome = kv.atomic();
     due.forEach(({ value: { message } }, i) => {
       const [, stateEntry, lease, record, argument, result] = reads[i]!;
-      outcome.check(lease!).check(record!).check(stateEntry!).check(argument!)
-        .check(result!)
+      outcome.check(lease).check(record).check(stateEntry).check(argument)
+        .check(result)
         .set(runKey(message, runKeyOf(message)), {
           state: "succeeded",
           attempt: 1,

@@ -3,7 +3,8 @@
  *
  * The steps, and why each is there:
  * 1. **Read once and check for a duplicate.** One `getMany` reads the charm,
- *    its state, lease, run record and cells; the steps below reuse it. A run
+ *    its state, lease, run record and cells; the steps below reuse it (a pure
+ *    run's first try skips the lease and record: see `_readFirstTry`). A run
  *    is keyed by (charm, integration, slot) or a manual run id. A finished
  *    run, or a delivery of an older attempt than the one recorded, is
  *    dropped: the queue delivers at least once.
@@ -168,7 +169,9 @@ export async function runCharm(
 
   // One read of everything the run needs, reused by the claim: KV round
   // trips bound throughput (docs/benchmarks.md).
-  const read = await _readRun(deps.kv, ref, run);
+  const read = message.attempt === 1
+    ? await _readFirstTry(deps, ref, run, message)
+    : await _readRun(deps.kv, ref, run);
   // A duplicate needs no permit; a missing charm is dead-lettered below.
   if (read[0].value !== null && _isDuplicate(read[3].value, message)) {
     log.debug("Dropped a duplicate delivery");
@@ -203,6 +206,48 @@ async function _readRun(
     cellKey(ref, "argument"),
     cellKey(ref, "result"),
   ]) as RunRead;
+}
+
+/**
+ * The first read of a first attempt. Most such runs find no lease and no run
+ * record, and a pure run does not need to look: it reads the charm, state
+ * and cells (four keys, not six: the KV's per-key cost bounds throughput),
+ * and its outcome commit checks the lease and the record absent. If either
+ * exists (a duplicate delivery, a leased run of the charm) that commit fails
+ * and the claim loop reads all six. Any other run reads the lease and record
+ * too, before it decides anything on them.
+ */
+async function _readFirstTry(
+  deps: ServiceDeps,
+  ref: CharmRef,
+  run: string,
+  message: RunMessage,
+): Promise<RunRead> {
+  const [charm, state, argument, result] = await deps.kv.getMany<
+    [Charm, CharmState, unknown, unknown]
+  >([
+    charmKey(ref),
+    charmStateKey(ref),
+    cellKey(ref, "argument"),
+    cellKey(ref, "result"),
+  ]);
+  const assumedAbsent = <T>(key: Deno.KvKey): Deno.KvEntryMaybe<T> => ({
+    key,
+    value: null,
+    versionstamp: null,
+  });
+  // A missing charm is dead-lettered on this read alone.
+  const [lease, record] = charm.value === null ||
+      _isPure(deps, charm.value, message)
+    ? [
+      assumedAbsent<Lease>(charmLeaseKey(ref)),
+      assumedAbsent<RunRecord>(runKey(ref, run)),
+    ]
+    : await deps.kv.getMany<[Lease, RunRecord]>([
+      charmLeaseKey(ref),
+      runKey(ref, run),
+    ]);
+  return [charm, state, lease, record, argument, result];
 }
 
 function _isDuplicate(record: RunRecord | null, message: RunMessage): boolean {

@@ -257,3 +257,72 @@ Deno.test("runCharm() refuses a pure recipe's fetch under a lease too", async ()
   const state = await t.kv.get<CharmState>(charmStateKey(ref));
   assert.match(state.value?.lastError ?? "", /is pure: it cannot call fetch/);
 });
+
+Deno.test("runCharm() drops a later redelivery of a finished pure run", async () => {
+  let started = 0;
+  const counter = gatedCounter(
+    [Promise.resolve(), Promise.resolve()],
+    () => started++,
+  );
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const ref = await t.create(counter.recipe.name);
+  const message = runMessageFor(ref, SLOT);
+  assert.equal(await runCharm(t.deps, message), "succeeded");
+
+  // The first try does not read the run record: the redelivery executes,
+  // its commit finds the record, and nothing is counted twice.
+  assert.equal(await runCharm(t.deps, message), "duplicate");
+  assert.equal(await t.runs(ref), 1);
+  const state = await t.kv.get<CharmState>(charmStateKey(ref));
+  assert.equal(state.value?.totalExecutions, 1);
+  assert.equal(state.value?.totalSuccesses, 1);
+});
+
+Deno.test("runCharm() defers a pure run while another run holds the charm's lease", async () => {
+  let started = 0;
+  const counter = gatedCounter([Promise.resolve()], () => started++);
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const ref = await t.create(counter.recipe.name);
+  const held: Lease = {
+    run: `manual:${SLOT - 60_000}`,
+    attempt: 1,
+    owner: "another-process",
+    expiresAt: SLOT + 30_000,
+  };
+  await t.kv.set(charmLeaseKey(ref), held);
+
+  assert.equal(await runCharm(t.deps, runMessageFor(ref, SLOT)), "deferred");
+  // Whatever executed on the first try committed nothing.
+  assert.equal(await t.runs(ref), 0);
+  assert.equal((await t.kv.get(runKey(ref, `manual:${SLOT}`))).value, null);
+  assert.deepEqual((await t.kv.get(charmLeaseKey(ref))).value, held);
+  assert.equal(t.queue.sent.length, 1);
+});
+
+Deno.test("runCharm() runs a pure run over an expired lease left by a crash", async () => {
+  let started = 0;
+  const counter = gatedCounter(
+    [Promise.resolve(), Promise.resolve()],
+    () => started++,
+  );
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const ref = await t.create(counter.recipe.name);
+  await t.kv.set(
+    charmLeaseKey(ref),
+    {
+      run: `manual:${SLOT - 60_000}`,
+      attempt: 1,
+      owner: "crashed-process",
+      expiresAt: SLOT - 1,
+    } satisfies Lease,
+  );
+
+  assert.equal(await runCharm(t.deps, runMessageFor(ref, SLOT)), "succeeded");
+  assert.equal(await t.runs(ref), 1);
+  assert.equal((await t.kv.get(charmLeaseKey(ref))).value, null);
+  const record = await t.kv.get<RunRecord>(runKey(ref, `manual:${SLOT}`));
+  assert.equal(record.value?.state, "succeeded");
+});
