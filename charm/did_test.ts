@@ -41,3 +41,17 @@ Deno.test("publicKeyFromDidKey() refuses what parseDidKey() refuses, with its me
     assert.throws(() => publicKeyFromDidKey(bad), expected as Error, bad);
   }
 });
+
+Deno.test("isDidKey() answers the same when asked again, past its memory's size", () => {
+  const dids = Array.from({ length: 1100 }, (_, i) => {
+    const key = new Uint8Array(32);
+    new DataView(key.buffer).setUint32(0, i);
+    return didKeyFromPublicKey(key);
+  });
+  for (let round = 0; round < 2; round++) {
+    for (const did of dids) assert.equal(isDidKey(did), true, did);
+    assert.equal(isDidKey("did:key:z0OIl"), false);
+    // One character off a remembered DID is not remembered.
+    assert.equal(isDidKey(dids[0]!.slice(0, -1) + "0"), false);
+  }
+});
