@@ -21,6 +21,7 @@ import {
 } from "./counting_kv.ts";
 import type { DriverFactory } from "./drivers.ts";
 import { benchRecipes, noopRecipe } from "./recipes.ts";
+import { type ThreadBusy, threadBusy, threadCpu } from "./threads.ts";
 import { seedCharms, seedCharmsBatched } from "./seed.ts";
 
 /** Options for one end-to-end repetition. */
@@ -67,6 +68,11 @@ export interface EndToEndResult {
    * a worker subprocess, its CPU is not included, so this is `null`.
    */
   cpuMsPerRun: number | null;
+  /**
+   * Busy share of this process's main and SQLite threads
+   * (`bench/threads.ts`); `null` with a worker subprocess.
+   */
+  threadBusy: ThreadBusy | null;
   succeeded: number;
   failed: number;
 }
@@ -124,6 +130,7 @@ export async function endToEnd(
     Object.assign(counts, zeroCounts());
     const started = performance.now();
     const cpu = process.cpuUsage();
+    const threads = threadCpu();
     const [result] = await tick({ ...deps, now: () => fanoutAt }, {
       mode: "now",
     });
@@ -140,6 +147,7 @@ export async function endToEnd(
     );
     const elapsedMs = performance.now() - started;
     const { user, system } = process.cpuUsage(cpu);
+    const busy = threadBusy(threads, threadCpu(), elapsedMs);
     const ops = totalOps(counts);
     const single = options.processes === 1;
     return {
@@ -155,6 +163,7 @@ export async function endToEnd(
         : null,
       counts: single ? { ...counts } : null,
       cpuMsPerRun: single ? (user + system) / 1000 / options.charms : null,
+      threadBusy: single ? busy : null,
       succeeded: state.totalSuccesses,
       failed: state.totalFailures,
     };

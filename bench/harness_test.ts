@@ -9,6 +9,7 @@ import { queueBaseline } from "./queue_baseline.ts";
 import { noopRecipe } from "./recipes.ts";
 import { seedDifference } from "./seed.ts";
 import { figure, percentile } from "./stats.ts";
+import { threadBusy, threadCpu } from "./threads.ts";
 
 // Structure only: the benchmark's times are reported, never asserted.
 
@@ -106,4 +107,29 @@ Deno.test("kvCeiling() runs every seeded job through its KV requests", async () 
   const result = await kvCeiling("memory", 30);
   assert.ok(result.runsPerSecond > 0);
   assert.ok(result.elapsedMs > 0);
+});
+
+Deno.test({
+  name: "threadCpu() tells the KV's SQLite thread from the main thread",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const kv = await Deno.openKv(":memory:");
+    try {
+      const before = threadCpu();
+      assert.ok(before !== null);
+      // Commits until the SQLite thread has used a clock tick; bounded.
+      let after = threadCpu()!;
+      for (let i = 0; i < 200_000 && after.kvMs === before.kvMs; i++) {
+        await kv.atomic().set(["n", i % 100], i).commit();
+        if (i % 100 === 0) after = threadCpu()!;
+      }
+      assert.ok(after.kvMs > before.kvMs, "no CPU seen on a sw- thread");
+      assert.ok(after.mainMs >= before.mainMs);
+      const busy = threadBusy(before, after, 1_000)!;
+      assert.ok(busy.kv > 0);
+    } finally {
+      kv.close();
+    }
+    assert.equal(threadBusy(null, threadCpu(), 1_000), null);
+  },
 });

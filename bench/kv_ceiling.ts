@@ -28,6 +28,7 @@ import {
 } from "../store/keys.ts";
 import { type KvKind, openBenchKv } from "./bench_kv.ts";
 import { noopRecipe } from "./recipes.ts";
+import { type ThreadBusy, threadBusy, threadCpu } from "./threads.ts";
 import { benchCharmRef, seedCharmsBatched } from "./seed.ts";
 
 /** Jobs per claim and per group commit, as the driver does. */
@@ -40,6 +41,8 @@ const LOOPS = 2;
 export interface KvCeilingResult {
   runsPerSecond: number;
   elapsedMs: number;
+  /** Busy share of the main and the SQLite thread (`bench/threads.ts`). */
+  threadBusy: ThreadBusy | null;
 }
 
 /** Runs one repetition on a fresh KV. */
@@ -82,11 +85,13 @@ export async function kvCeiling(
   }
 
   const state = initialCharmState();
+  const threads = threadCpu();
   const started = performance.now();
   await Promise.all(
     Array.from({ length: LOOPS }, (_, loop) => _loop(kv, loop, state)),
   );
   const elapsedMs = performance.now() - started;
+  const busy = threadBusy(threads, threadCpu(), elapsedMs);
   // Every job went through: the figure counts what it says.
   const done = await kv.get<Deno.KvU64>(
     serviceCounterKey("totalCharmsProcessed"),
@@ -96,7 +101,11 @@ export async function kvCeiling(
       `The KV ceiling ran ${done.value?.value ?? 0} of ${runs} jobs`,
     );
   }
-  return { runsPerSecond: runs / (elapsedMs / 1000), elapsedMs };
+  return {
+    runsPerSecond: runs / (elapsedMs / 1000),
+    elapsedMs,
+    threadBusy: busy,
+  };
 }
 
 async function _loop(

@@ -8,6 +8,7 @@
  */
 import process from "node:process";
 import { type KvKind, openBenchKv } from "./bench_kv.ts";
+import { type ThreadBusy, threadBusy, threadCpu } from "./threads.ts";
 
 /** Enqueues per atomic operation (the fan-out's page size). */
 export const ENQUEUE_BATCH = 100;
@@ -24,6 +25,8 @@ export interface BaselineResult {
    * thread) per message, ms. Steadier than rates on a busy machine.
    */
   cpuMsPerMessage: number;
+  /** Busy share of the main and the SQLite thread (`bench/threads.ts`). */
+  threadBusy: ThreadBusy | null;
 }
 
 /**
@@ -51,6 +54,7 @@ export async function queueBaseline(
 
   const started = performance.now();
   const cpu = process.cpuUsage();
+  const threads = threadCpu();
   for (let i = 0; i < messages; i += ENQUEUE_BATCH) {
     const op = kv.atomic();
     for (let j = i; j < Math.min(messages, i + ENQUEUE_BATCH); j++) {
@@ -76,6 +80,7 @@ export async function queueBaseline(
   }
   const elapsedMs = performance.now() - started;
   const { user, system } = process.cpuUsage(cpu);
+  const busy = threadBusy(threads, threadCpu(), elapsedMs);
   kv.close();
   await listening.catch(() => {});
   return {
@@ -83,5 +88,6 @@ export async function queueBaseline(
     elapsedMs,
     enqueueMs,
     cpuMsPerMessage: (user + system) / 1000 / messages,
+    threadBusy: busy,
   };
 }

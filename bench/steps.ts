@@ -15,6 +15,7 @@ import { type CycleLateness, lateness } from "./lateness.ts";
 import { queueBaseline } from "./queue_baseline.ts";
 import { fmt, type Row, type Target } from "./report.ts";
 import { type Figure, figure, roundFigure } from "./stats.ts";
+import type { ThreadBusy } from "./threads.ts";
 
 /** Prints progress lines with the time since the run started. */
 export type Progress = (line: string) => void;
@@ -49,8 +50,10 @@ export async function throughputStep(
   const baseline = new Map<string, number[]>();
   const enqueueMs = new Map<string, number[]>();
   const baselineCpu = new Map<string, number[]>();
+  const baselineBusy = new Map<string, (ThreadBusy | null)[]>();
   const e2e = new Map<string, EndToEndResult[]>();
   const ceiling = new Map<string, number[]>();
+  const ceilingBusy = new Map<string, (ThreadBusy | null)[]>();
   const add = <T>(map: Map<string, T[]>, key: string, value: T) =>
     map.set(key, [...(map.get(key) ?? []), value]);
   const timeoutMs = (n: number) => 60_000 + n * 20;
@@ -62,6 +65,7 @@ export async function throughputStep(
         add(baseline, `${kind}/${size}`, r.messagesPerSecond);
         add(enqueueMs, `${kind}/${size}`, r.enqueueMs);
         add(baselineCpu, `${kind}/${size}`, r.cpuMsPerMessage);
+        add(baselineBusy, `${kind}/${size}`, r.threadBusy);
         progress(
           `baseline ${kind} ${fmt(size)} msgs #${rep}: ${
             fmt(r.messagesPerSecond)
@@ -90,6 +94,7 @@ export async function throughputStep(
       const ceilingRuns = config.e2eCharms[0]!;
       const limit = await kvCeiling(kind, ceilingRuns);
       add(ceiling, `${kind}/${ceilingRuns}`, limit.runsPerSecond);
+      add(ceilingBusy, `${kind}/${ceilingRuns}`, limit.threadBusy);
       progress(
         `KV ceiling ${kind} ${fmt(ceilingRuns)} runs #${rep}: ${
           fmt(limit.runsPerSecond)
@@ -136,6 +141,7 @@ export async function throughputStep(
         cpuMsPerMessage: roundFigure(
           figure(baselineCpu.get(`${kind}/${size}`)!),
         ),
+        threadBusy: _busy(baselineBusy.get(`${kind}/${size}`)!),
       };
       rows.push({
         measurement: `1. native queue baseline, ${fmt(size)} backlog`,
@@ -149,6 +155,7 @@ export async function throughputStep(
         figure: figure(baselineCpu.get(`${kind}/${size}`)!),
         unit: "ms",
       });
+      rows.push(..._busyRows(baselineBusy.get(`${kind}/${size}`)!, kind));
     }
   }
 
@@ -189,6 +196,7 @@ export async function throughputStep(
             kvOpsPerRun: ops,
             kvOpCounts: runs[0]!.counts,
             cpuMsPerRun: cpu === null ? null : roundFigure(cpu),
+            threadBusy: _busy(runs.map((r) => r.threadBusy)),
           };
           const label = processes === 2 ? ", 2 processes" : "";
           rows.push({
@@ -208,6 +216,7 @@ export async function throughputStep(
               unit: "ms",
             });
           }
+          rows.push(..._busyRows(runs.map((r) => r.threadBusy), kind));
           if (ops !== null) {
             rows.push({
               measurement: `   KV ops per run (reads + writes)`,
@@ -266,6 +275,7 @@ export async function throughputStep(
       ratioToBaseline: Object.fromEntries(
         Object.entries(ratios).map(([k, f]) => [k, roundFigure(f)]),
       ),
+      threadBusy: _busy(ceilingBusy.get(key)!),
     };
     rows.push({
       measurement: `3. KV ceiling (a pure run's KV requests), ${
@@ -276,8 +286,35 @@ export async function throughputStep(
       unit: "runs/s",
     });
     rows.push(..._ratioRows(ratios, kind));
+    rows.push(..._busyRows(ceilingBusy.get(key)!, kind));
   }
   return { results, rows, targets };
+}
+
+/** Thread busy shares as figures; `null` where a repetition had none. */
+function _busy(
+  shares: (ThreadBusy | null)[],
+): { main: Figure; kv: Figure } | null {
+  if (shares.length === 0 || shares.some((b) => b === null)) return null;
+  const all = shares as ThreadBusy[];
+  return {
+    main: roundFigure(figure(all.map((b) => b.main))),
+    kv: roundFigure(figure(all.map((b) => b.kv))),
+  };
+}
+
+/** The row saying which thread was busy (medians), if measured. */
+function _busyRows(shares: (ThreadBusy | null)[], kind: KvKind): Row[] {
+  const busy = _busy(shares);
+  if (busy === null) return [];
+  const pct = (f: Figure) => `${Math.round(f.median * 100)}%`;
+  return [{
+    measurement: `   busy: main thread / SQLite thread`,
+    kv: kind,
+    figure: null,
+    unit: "",
+    text: `${pct(busy.main)} / ${pct(busy.kv)}`,
+  }];
 }
 
 /** Fan-out at scale: one cron tick's fan-out per size, each in a subprocess. */
