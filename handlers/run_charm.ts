@@ -377,6 +377,13 @@ async function _claimAndRun(
   );
 }
 
+/** The lease, state and argument an outcome commit checks. */
+type OutcomeRead = [
+  Deno.KvEntryMaybe<Lease>,
+  Deno.KvEntryMaybe<CharmState>,
+  Deno.KvEntryMaybe<unknown> | null,
+];
+
 /** What both ways of running get from the claim loop. */
 interface Claimable {
   charm: Charm;
@@ -463,22 +470,50 @@ async function _runLeased(
     );
     return "interrupted";
   }
-  const result = await _finish(deps, charm, ref, execution);
+  let result = await _finish(deps, charm, ref, execution);
+  // The lease keeps other runs off the cells, but not `PUT …/argument`: a
+  // run that writes its argument checks the one it started from, so it
+  // never overwrites a new argument with one derived from the old.
+  let argumentRead = result.execution.ok && "argument" in result.storedCells
+    ? result.execution.argumentRead
+    : null;
 
   // The first commit checks the lease the claim wrote and the state the
   // claim read; only a conflict costs a read.
-  let known: [Deno.KvEntryMaybe<Lease>, Deno.KvEntryMaybe<CharmState>] | null =
-    [{
+  let known: OutcomeRead | null = [
+    {
       key: charmLeaseKey(ref),
       value: newLease,
       versionstamp: claim.versionstamp,
-    }, stateEntry];
+    },
+    stateEntry,
+    argumentRead,
+  ];
   for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
-    const [leaseNow, stateNow] = known ??
-      await kv.getMany<[Lease, CharmState]>([
+    const [leaseNow, stateNow, argumentNow] = known ??
+      await kv.getMany<[Lease, CharmState, unknown]>([
         charmLeaseKey(ref),
         charmStateKey(ref),
+        cellKey(ref, "argument"),
       ]);
+    if (
+      argumentRead !== null &&
+      argumentNow?.versionstamp !== argumentRead.versionstamp
+    ) {
+      // Replaced mid-run: this attempt's cell writes are dropped, and the
+      // run goes again (a retry) on the new argument.
+      result = {
+        execution: {
+          ok: false,
+          durationMs: result.execution.durationMs,
+          error: new Error(
+            "The argument was replaced during the run; the run's cell writes were dropped and it runs again",
+          ),
+        },
+        storedCells: {},
+      };
+      argumentRead = null;
+    }
     known = null;
     if (leaseNow.versionstamp !== claim.versionstamp) {
       // The lease expired mid-run (a stalled process) and another delivery
@@ -501,6 +536,7 @@ async function _runLeased(
     const writes = _outcomeWrites(deps, ref, run, message, result, stateNow);
     const { ok } = await delivery.commit((op) => {
       op.check(leaseNow).check(stateNow).delete(charmLeaseKey(ref));
+      if (argumentRead !== null) op.check(argumentRead);
       writes.apply(op);
     });
     if (!ok) continue;
@@ -586,6 +622,8 @@ type Execution =
     ok: true;
     durationMs: number;
     cells: { argument?: unknown; result?: unknown };
+    /** The argument cell the handler started from, as read. */
+    argumentRead: Deno.KvEntryMaybe<unknown>;
   }
   | { ok: false; durationMs: number; error: Error };
 
@@ -718,6 +756,7 @@ async function _execute(
       ok: true,
       durationMs: deps.now() - started,
       cells: cells.written(),
+      argumentRead: argumentEntry,
     };
   })().catch(fail);
 

@@ -7,6 +7,7 @@ import {
   type RunContext,
 } from "../charm/recipe.ts";
 import { RECIPES } from "../recipes/mod.ts";
+import { replaceCharmArgument } from "../store/charm_argument.ts";
 import { createCharm, setCharmDisabled } from "../store/charms.ts";
 import {
   cellKey,
@@ -555,4 +556,56 @@ Deno.test("runCharm() defers, not skips, a duplicate of a run executing when its
   for (const { message: copy } of t.queue.sent) {
     assert.equal(await runCharm(t.deps, copy), "duplicate");
   }
+});
+
+Deno.test("runCharm() never overwrites an argument replaced while the run wrote its own", async () => {
+  const gate = deferred();
+  let started = 0;
+  const seen: number[] = [];
+  // Keeps a cursor in its argument, as a sync recipe might.
+  const cursor = defineRecipe({
+    name: "test-argument-writer",
+    description: "advances a cursor kept in its argument",
+    argumentSchema: z.object({ from: z.number() }),
+    resultSchema: z.object({ last: z.number() }),
+    initialResult: () => ({ last: -1 }),
+    handlers: {
+      async bgUpdater(ctx) {
+        started++;
+        const { from } = ctx.argument.get();
+        seen.push(from);
+        if (started === 1) await gate.promise;
+        ctx.argument.set({ from: from + 1 });
+        ctx.result.set({ last: from });
+      },
+    },
+  });
+  const t = await setup({ extraRecipes: [cursor] });
+  await using _deps = t.deps;
+  const ref = await t.create(cursor.name, { from: 0 });
+  const running = runCharm(t.deps, runMessage(ref));
+  await waitFor("the run to start", () => started === 1);
+  // The user replaces the argument mid-run.
+  await replaceCharmArgument(t.deps.kv, t.deps.recipes, ref, { from: 100 });
+  gate.resolve();
+
+  // The run's writes, derived from the old argument, are dropped ...
+  assert.equal(await running, "retrying");
+  const argument = await t.deps.kv.get(cellKey(ref, "argument"));
+  assert.deepEqual(argument.value, { from: 100 });
+  assert.deepEqual(await t.result(ref), { last: -1 });
+  const record = await t.record(ref);
+  assert.equal(record?.state, "retrying");
+  assert.match(record?.error ?? "", /argument was replaced during the run/);
+  assert.equal((await t.deps.kv.get(charmLeaseKey(ref))).value, null);
+
+  // ... and the retry runs on the new one.
+  assert.equal(t.queue.sent.length, 1);
+  assert.equal(await runCharm(t.deps, t.queue.sent[0]!.message), "succeeded");
+  assert.deepEqual(seen, [0, 100]);
+  assert.deepEqual(
+    (await t.deps.kv.get(cellKey(ref, "argument"))).value,
+    { from: 101 },
+  );
+  assert.deepEqual(await t.result(ref), { last: 100 });
 });
