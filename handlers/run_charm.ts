@@ -689,10 +689,10 @@ async function _execute(
       resolve(fail(error));
     }, deps.policy.charmExecutionTimeoutMs);
   });
+  let onAbort: (() => void) | undefined;
   const aborted = new Promise<Execution>((resolve) => {
-    controller.signal.addEventListener("abort", () => {
-      resolve(fail(controller.signal.reason));
-    }, { once: true });
+    onAbort = () => resolve(fail(controller.signal.reason));
+    controller.signal.addEventListener("abort", onAbort, { once: true });
   });
 
   const opened: { cells?: ReturnType<typeof _bufferedCells> } = {};
@@ -735,6 +735,7 @@ async function _execute(
       storedResult ?? recipe.initialResult(argument.data),
     );
     opened.cells = cells;
+    let charmLogger: Logger | undefined;
     const ctx: RunContext<unknown, unknown> = {
       space: charm.space,
       charmId: charm.charmId,
@@ -745,7 +746,12 @@ async function _execute(
       result: cells.result,
       signal: controller.signal,
       fetch: pure ? _pureFetch(recipe.name) : deps.fetch,
-      logger: logger("charm").with({ charm: formatCharmRef(ref) }),
+      // Made on first use: most handlers never log.
+      get logger() {
+        return charmLogger ??= logger("charm").with({
+          charm: formatCharmRef(ref),
+        });
+      },
       now: deps.now,
       prepared,
       egress: deps.egress,
@@ -768,10 +774,16 @@ async function _execute(
     opened.cells?.close();
     if (timer !== undefined) deps.timers.clearTimeout(timer);
     deps.shutdownSignal.removeEventListener("abort", onShutdown);
-    if (!controller.signal.aborted) controller.abort(new Error("Run finished"));
+    // Tell a handler still going in the background (it ignored the signal)
+    // to stop; the race is over, so our own listener goes first.
+    controller.signal.removeEventListener("abort", onAbort!);
+    if (!controller.signal.aborted) controller.abort(RUN_FINISHED);
     log.debug("Handler settled");
   }
 }
+
+/** The abort reason a run's signal gets when its handler has settled. */
+const RUN_FINISHED = new Error("Run finished");
 
 /** A pure recipe's `fetch`: its runs may execute twice, so no effects. */
 function _pureFetch(recipe: string): typeof fetch {

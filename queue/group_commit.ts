@@ -143,7 +143,8 @@ export function groupCommitter(
   return {
     commit(build) {
       const recorded = new RecordedOperation();
-      // A build that throws fails its caller alone, before joining a group.
+      // A build that throws fails its caller alone, before joining a group
+      // (a negative sum, say: KV checks values as they are recorded).
       build(recorded as unknown as Deno.AtomicOperation);
       return new Promise((resolve, reject) => {
         waiting.push({ recorded, resolve, reject });
@@ -216,48 +217,58 @@ export class RecordedOperation {
   readonly checked = new Set<string>();
   /** Keys set or deleted (sums excluded: they commute). */
   readonly written = new Set<string>();
-  #steps: ((op: Deno.AtomicOperation) => void)[] = [];
+  // Kept as data, not closures, and replayed with one call each: a run's
+  // outcome adds about fifteen of them, and this runs for every run.
+  #checks: Deno.AtomicCheck[] = [];
+  #mutations: Deno.KvMutation[] = [];
+  #enqueues: Parameters<Deno.AtomicOperation["enqueue"]>[] = [];
 
   check(...checks: Deno.AtomicCheck[]): this {
-    for (const check of checks) this.checked.add(keyId(check.key));
-    this.#steps.push((op) => op.check(...checks));
+    for (const check of checks) {
+      this.checked.add(keyId(check.key));
+      this.#checks.push(check);
+    }
     return this;
   }
 
   mutate(...mutations: Deno.KvMutation[]): this {
     for (const mutation of mutations) {
       if (mutation.type !== "sum") this.written.add(keyId(mutation.key));
+      this.#mutations.push(mutation);
     }
-    this.#steps.push((op) => op.mutate(...mutations));
     return this;
   }
 
   set(key: Deno.KvKey, value: unknown, options?: { expireIn?: number }): this {
     this.written.add(keyId(key));
-    this.#steps.push((op) => op.set(key, value, options));
+    this.#mutations.push(
+      options?.expireIn === undefined
+        ? { type: "set", key, value }
+        : { type: "set", key, value, expireIn: options.expireIn },
+    );
     return this;
   }
 
   delete(key: Deno.KvKey): this {
     this.written.add(keyId(key));
-    this.#steps.push((op) => op.delete(key));
+    this.#mutations.push({ type: "delete", key });
     return this;
   }
 
   sum(key: Deno.KvKey, n: bigint): this {
-    this.#steps.push((op) => op.sum(key, n));
+    this.#mutations.push({ type: "sum", key, value: new Deno.KvU64(n) });
     return this;
   }
 
   min(key: Deno.KvKey, n: bigint): this {
     this.written.add(keyId(key));
-    this.#steps.push((op) => op.min(key, n));
+    this.#mutations.push({ type: "min", key, value: new Deno.KvU64(n) });
     return this;
   }
 
   max(key: Deno.KvKey, n: bigint): this {
     this.written.add(keyId(key));
-    this.#steps.push((op) => op.max(key, n));
+    this.#mutations.push({ type: "max", key, value: new Deno.KvU64(n) });
     return this;
   }
 
@@ -265,7 +276,7 @@ export class RecordedOperation {
     value: unknown,
     options?: Parameters<Deno.AtomicOperation["enqueue"]>[1],
   ): this {
-    this.#steps.push((op) => op.enqueue(value, options));
+    this.#enqueues.push([value, options]);
     return this;
   }
 
@@ -273,8 +284,10 @@ export class RecordedOperation {
     throw new Error("A delivery's operation is committed by its driver");
   }
 
-  /** Adds the recorded checks and mutations to `op`. */
+  /** Adds the recorded checks, mutations and enqueues to `op`. */
   replay(op: Deno.AtomicOperation): void {
-    for (const step of this.#steps) step(op);
+    op.check(...this.#checks);
+    op.mutate(...this.#mutations);
+    for (const [value, options] of this.#enqueues) op.enqueue(value, options);
   }
 }
