@@ -44,9 +44,10 @@ if (config.help) {
   Deno.exit(0);
 }
 if (!config.initialize) {
-  // A malformed Google variable would fail every run of a gmail or gcal
-  // charm; --initialize reports it (with what is missing) instead.
-  await orExit(() => assertGoogleConfig(config.integrations, env));
+  // A malformed Google variable would fail every run of a Google charm, in
+  // any process (manual runs); --initialize reports it (with what is
+  // missing) instead.
+  await orExit(() => assertGoogleConfig(env));
 }
 const deployed = isDeployed(env);
 // The keys sealing secret cell fields (OAuth tokens) in KV.

@@ -5,9 +5,10 @@
  *
  * They are read from `IntegrationDeps.env`, not `config/config.ts`: only these
  * integrations use them, and a missing client id must not stop a process that
- * runs other integrations. A variable that is set but malformed does stop a
- * process that runs `gmail` or `gcal` ({@linkcode assertGoogleConfig}, called
- * by `main.ts`), so a typo is a startup error, not a failure of every run.
+ * runs other integrations. A variable that is set but malformed stops any
+ * process ({@linkcode assertGoogleConfig}, called by `main.ts`): every process
+ * serves the API, so any may run a Google charm by hand, and a typo is a
+ * startup error, not a failure of every such run.
  *
  * @module
  */
@@ -60,9 +61,6 @@ export const GOOGLE_ENV_VARS: readonly GoogleEnvVar[] = [
   },
 ];
 
-/** The integrations that read these variables. */
-export const GOOGLE_INTEGRATION_IDS: readonly string[] = ["gmail", "gcal"];
-
 /** What a Google OAuth client id ends with. */
 const GOOGLE_CLIENT_ID_SUFFIX = ".apps.googleusercontent.com";
 
@@ -96,19 +94,17 @@ export function googleConfigProblems(
 }
 
 /**
- * Refuses to start a process that runs `gmail` or `gcal` when a Google
- * variable is set but malformed: every run of their charms would fail on it
- * (and count toward disabling them). Missing variables are left to
+ * Refuses to start a process when a Google variable is set but malformed:
+ * every run of a Google charm would fail on it (and count toward disabling
+ * the charm), scheduled by `gmail` or `gcal` or started by hand through the
+ * API, which every process serves. Missing variables are left to
  * `--initialize` and the runs, so an unconfigured process still starts.
  *
- * @param integrations The integrations this process runs.
  * @throws {ConfigError} naming every malformed variable, on one line.
  */
 export function assertGoogleConfig(
-  integrations: readonly string[],
   env: Record<string, string | undefined>,
 ): void {
-  if (!integrations.some((id) => GOOGLE_INTEGRATION_IDS.includes(id))) return;
   const problems = googleConfigProblems(env);
   if (problems.length > 0) throw new ConfigError(problems.join("; "));
 }
