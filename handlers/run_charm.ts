@@ -95,6 +95,12 @@ export type RunOutcome =
    */
   | "lease-lost"
   /**
+   * The argument was replaced while the run wrote its own: the run's writes
+   * were dropped and the same attempt was enqueued again, to run on the new
+   * argument. Not the charm's failure.
+   */
+  | "restarted"
+  /**
    * The service shut down mid-run: nothing was recorded and the lease was
    * released. The caller must not acknowledge the message, so the queue
    * delivers it again after the restart.
@@ -470,11 +476,11 @@ async function _runLeased(
     );
     return "interrupted";
   }
-  let result = await _finish(deps, charm, ref, execution);
+  const result = await _finish(deps, charm, ref, execution);
   // The lease keeps other runs off the cells, but not `PUT …/argument`: a
   // run that writes its argument checks the one it started from, so it
   // never overwrites a new argument with one derived from the old.
-  let argumentRead = result.execution.ok && "argument" in result.storedCells
+  const argumentRead = result.execution.ok && "argument" in result.storedCells
     ? result.execution.argumentRead
     : null;
 
@@ -498,21 +504,28 @@ async function _runLeased(
       ]);
     if (
       argumentRead !== null &&
-      argumentNow?.versionstamp !== argumentRead.versionstamp
+      argumentNow?.versionstamp !== argumentRead.versionstamp &&
+      leaseNow.versionstamp === claim.versionstamp
     ) {
-      // Replaced mid-run: this attempt's cell writes are dropped, and the
-      // run goes again (a retry) on the new argument.
-      result = {
-        execution: {
-          ok: false,
-          durationMs: result.execution.durationMs,
-          error: new Error(
-            "The argument was replaced during the run; the run's cell writes were dropped and it runs again",
-          ),
-        },
-        storedCells: {},
-      };
-      argumentRead = null;
+      // Replaced mid-run (not the charm's fault): drop this run's writes,
+      // give the charm back and run the same attempt again, on the new
+      // argument. Its record stays `running` for that attempt.
+      const { ok } = await delivery.commit((op) => {
+        op.check(leaseNow).delete(charmLeaseKey(ref));
+        deps.queue.enqueue(op, message, {
+          delayMs: 0,
+          undeliveredKey: undeliveredKey(ref, run, message.attempt),
+        });
+      });
+      if (!ok) {
+        known = null;
+        continue;
+      }
+      log.info(
+        "The argument of {charm} was replaced during its run; the run's writes were dropped and it runs again",
+        { charm: formatCharmRef(ref) },
+      );
+      return "restarted";
     }
     known = null;
     if (leaseNow.versionstamp !== claim.versionstamp) {
@@ -751,6 +764,9 @@ async function _execute(
         return charmLogger ??= logger("charm").with({
           charm: formatCharmRef(ref),
         });
+      },
+      set logger(replaced) {
+        charmLogger = replaced;
       },
       now: deps.now,
       prepared,

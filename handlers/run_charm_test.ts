@@ -580,7 +580,12 @@ Deno.test("runCharm() never overwrites an argument replaced while the run wrote 
       },
     },
   });
-  const t = await setup({ extraRecipes: [cursor] });
+  // The last attempt, and one failure would disable: the user's edit must
+  // cost neither.
+  const t = await setup({
+    extraRecipes: [cursor],
+    policy: { maxRetries: 0, maxConsecutiveFailures: 1 },
+  });
   await using _deps = t.deps;
   const ref = await t.create(cursor.name, { from: 0 });
   const running = runCharm(t.deps, runMessage(ref));
@@ -589,23 +594,52 @@ Deno.test("runCharm() never overwrites an argument replaced while the run wrote 
   await replaceCharmArgument(t.deps.kv, t.deps.recipes, ref, { from: 100 });
   gate.resolve();
 
-  // The run's writes, derived from the old argument, are dropped ...
-  assert.equal(await running, "retrying");
+  // The run's writes, derived from the old argument, are dropped, and the
+  // same attempt goes again; nothing counts against the charm.
+  assert.equal(await running, "restarted");
   const argument = await t.deps.kv.get(cellKey(ref, "argument"));
   assert.deepEqual(argument.value, { from: 100 });
   assert.deepEqual(await t.result(ref), { last: -1 });
-  const record = await t.record(ref);
-  assert.equal(record?.state, "retrying");
-  assert.match(record?.error ?? "", /argument was replaced during the run/);
   assert.equal((await t.deps.kv.get(charmLeaseKey(ref))).value, null);
+  const state = await t.state(ref);
+  assert.equal(state.disabled, false);
+  assert.equal(state.consecutiveFailures, 0);
+  assert.equal(state.totalFailures, 0);
+  assert.equal(state.lastError, null);
 
-  // ... and the retry runs on the new one.
+  // The copy runs on the new argument.
   assert.equal(t.queue.sent.length, 1);
-  assert.equal(await runCharm(t.deps, t.queue.sent[0]!.message), "succeeded");
+  const copy = t.queue.sent[0]!.message as RunMessage;
+  assert.equal(copy.attempt, 1);
+  assert.equal(await runCharm(t.deps, copy), "succeeded");
   assert.deepEqual(seen, [0, 100]);
   assert.deepEqual(
     (await t.deps.kv.get(cellKey(ref, "argument"))).value,
     { from: 101 },
   );
   assert.deepEqual(await t.result(ref), { last: 100 });
+  assert.equal((await t.record(ref))?.state, "succeeded");
+});
+
+Deno.test("runCharm() lets a handler replace its ctx.logger", async () => {
+  const scoped = defineRecipe({
+    name: "test-scoped-logger",
+    description: "narrows its logger, then writes its result",
+    argumentSchema: z.object({}),
+    resultSchema: z.object({ done: z.boolean() }),
+    initialResult: () => ({ done: false }),
+    handlers: {
+      // deno-lint-ignore require-await
+      async bgUpdater(ctx) {
+        ctx.logger = ctx.logger.with({ step: "sync" });
+        ctx.logger.debug("narrowed");
+        ctx.result.set({ done: true });
+      },
+    },
+  });
+  const t = await setup({ extraRecipes: [scoped] });
+  await using _deps = t.deps;
+  const ref = await t.create(scoped.name, {});
+  assert.equal(await runCharm(t.deps, runMessage(ref)), "succeeded");
+  assert.deepEqual(await t.result(ref), { done: true });
 });
