@@ -175,7 +175,7 @@ export async function runCharm(
 
   // One read of everything the run needs, reused by the claim: KV round
   // trips bound throughput (docs/benchmarks.md).
-  const read = message.attempt === 1
+  const read = message.attempt === 1 && !_prepares(deps, message)
     ? await _readFirstTry(deps, ref, run, message)
     : await _readRun(deps.kv, ref, run);
   // A duplicate needs no permit; a missing charm is dead-lettered below.
@@ -221,7 +221,8 @@ async function _readRun(
  * and its outcome commit checks the lease and the record absent. If either
  * exists (a duplicate delivery, a leased run of the charm) that commit fails
  * and the claim loop reads all six. Any other run reads the lease and record
- * too, before it decides anything on them.
+ * too, before it decides anything on them (a run whose integration prepares
+ * it is never pure, so it reads all six at once instead of coming here).
  */
 async function _readFirstTry(
   deps: ServiceDeps,
@@ -398,17 +399,20 @@ interface Claimable {
   release: () => void;
 }
 
+/** Whether the message's integration prepares its runs (never pure). */
+function _prepares(deps: ServiceDeps, message: RunMessage): boolean {
+  return message.integration !== null &&
+    deps.allIntegrations.get(message.integration)?.prepare !== undefined;
+}
+
 /** A run of a pure recipe with no `prepare` hook needs no lease. */
 function _isPure(
   deps: ServiceDeps,
   charm: Charm,
   message: RunMessage,
 ): boolean {
-  if (deps.recipes.get(charm.recipe)?.pure !== true) return false;
-  const integration = message.integration === null
-    ? null
-    : deps.allIntegrations.get(message.integration);
-  return integration?.prepare === undefined;
+  return deps.recipes.get(charm.recipe)?.pure === true &&
+    !_prepares(deps, message);
 }
 
 /**
