@@ -9,7 +9,11 @@ import { registerCron } from "./cron.ts";
 import { type Config, loadConfig, usage } from "./config/config.ts";
 import { createApp } from "./http/app.ts";
 import { isDeployed, loadIdentity } from "./identity/load_identity.ts";
-import { assertGoogleConfig } from "./integrations/_google_config.ts";
+import {
+  assertGoogleConfig,
+  GOOGLE_INTEGRATION_IDS,
+  googleConfigProblems,
+} from "./integrations/_google_config.ts";
 import { INTEGRATIONS } from "./integrations/manifest.ts";
 import { ConfigError } from "./lib/errors.ts";
 import { logger, setupLogging } from "./lib/log.ts";
@@ -84,7 +88,13 @@ if (config.initialize) {
     env,
     secrets,
   });
-  for (const line of await setup.initialize()) console.log(line);
+  const lines = await setup.initialize();
+  // gmail and gcal report the Google variables themselves; without them a
+  // malformed one still stops `start` (assertGoogleConfig), so say it here.
+  if (!config.integrations.some((id) => GOOGLE_INTEGRATION_IDS.includes(id))) {
+    lines.push(...googleConfigProblems(env).map((line) => `google: ${line}`));
+  }
+  for (const line of lines) console.log(line);
   if (secrets !== null) console.log(await reencrypt(secrets));
   kv.close();
   Deno.exit(0);

@@ -93,6 +93,9 @@ export function googleConfigProblems(
   return _parse(env).problems.map((p) => p.message);
 }
 
+/** The integrations whose `--initialize` reports these variables. */
+export const GOOGLE_INTEGRATION_IDS: readonly string[] = ["gmail", "gcal"];
+
 /**
  * Refuses to start a process when a Google variable is set but malformed:
  * every run of a Google charm would fail on it (and count toward disabling

@@ -52,9 +52,8 @@ export function defineGoogleIntegration(
     prepare: (deps, charm) =>
       openGoogleSession({
         kv: deps.kv,
-        // Cannot throw in a process that runs gmail or gcal: main.ts refused
-        // to start with these variables malformed (assertGoogleConfig). It
-        // can where neither runs (a manual run of a Google charm there).
+        // Cannot throw: main.ts refuses to start any process with these
+        // variables malformed (assertGoogleConfig).
         config: googleConfigFromEnv(deps.env),
         fetch: deps.fetch,
         signal: deps.signal,

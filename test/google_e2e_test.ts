@@ -4,8 +4,7 @@
  * importer charms are created and registered over HTTP with only a refresh
  * token; the service refreshes their tokens, imports mail and events, then
  * picks up changes incrementally. And the Google variables at startup: a
- * malformed one stops a process that runs gmail or gcal, a missing one does
- * not.
+ * malformed one stops any process, a missing one does not.
  */
 import assert from "node:assert/strict";
 import { startFakeGoogle } from "./fake_google.ts";
@@ -98,6 +97,18 @@ Deno.test({
       stdout,
       /^gmail: missing GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET: /m,
     );
+    // Without gmail or gcal, the malformed variable (which stops `start`) is
+    // still reported; the missing ones are not needed there.
+    const manual = await runMain(
+      ["--initialize", "--integration=manual"],
+      { KV_PATH: ":memory:", ...NO_GOOGLE_ENV, GMAIL_API_URL: "gmail" },
+    );
+    assert.equal(manual.code, 0, manual.stderr);
+    assert.match(
+      manual.stdout,
+      /^google: GMAIL_API_URL: "gmail" is not a URL$/m,
+    );
+    assert.doesNotMatch(manual.stdout, /missing GOOGLE_CLIENT_ID/);
   },
 });
 
