@@ -32,6 +32,11 @@ export const runMessageSchema = z.object({
   attempt: z.number().int().min(1).max(1000),
   /** When the fan-out or API enqueued the first attempt, epoch ms. */
   enqueuedAt: z.number().int().nonnegative(),
+  /**
+   * Times this attempt restarted because its argument was replaced mid-run
+   * (absent: none).
+   */
+  restarts: z.number().int().min(1).max(100).optional(),
 }).strict().refine((m) => m.kind === "scheduled" || m.runId !== undefined, {
   error: "a manual run needs runId",
   path: ["runId"],

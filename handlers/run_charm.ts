@@ -153,6 +153,18 @@ const FINAL_STATES = new Set<RunRecord["state"]>([
 const CLAIM_TRIES = 8;
 
 /**
+ * How often one attempt restarts because its argument was replaced mid-run;
+ * after that, such an attempt fails (retriably), so a slot whose argument
+ * keeps changing still ends.
+ */
+export const MAX_ARGUMENT_RESTARTS = 3;
+
+/** Two stored cell values are the same (as KV would store them). */
+function _sameStored(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
  * Runs one delivery of a run message and records its outcome.
  *
  * Throws only when KV itself fails, so the queue redelivers the message.
@@ -480,11 +492,11 @@ async function _runLeased(
     );
     return "interrupted";
   }
-  const result = await _finish(deps, charm, ref, execution);
+  let result = await _finish(deps, charm, ref, execution);
   // The lease keeps other runs off the cells, but not `PUT …/argument`: a
   // run that writes its argument checks the one it started from, so it
   // never overwrites a new argument with one derived from the old.
-  const argumentRead = result.execution.ok && "argument" in result.storedCells
+  let argumentRead = result.execution.ok && "argument" in result.storedCells
     ? result.execution.argumentRead
     : null;
 
@@ -511,25 +523,51 @@ async function _runLeased(
       argumentNow?.versionstamp !== argumentRead.versionstamp &&
       leaseNow.versionstamp === claim.versionstamp
     ) {
-      // Replaced mid-run (not the charm's fault): drop this run's writes,
-      // give the charm back and run the same attempt again, on the new
-      // argument. Its record stays `running` for that attempt.
-      const { ok } = await delivery.commit((op) => {
-        op.check(leaseNow).delete(charmLeaseKey(ref));
-        deps.queue.enqueue(op, message, {
-          delayMs: 0,
-          undeliveredKey: undeliveredKey(ref, run, message.attempt),
+      if (_sameStored(argumentNow?.value, argumentRead.value)) {
+        // Written again with the same value: the run's writes still follow
+        // from it.
+        argumentRead = argumentNow;
+      } else if ((message.restarts ?? 0) < MAX_ARGUMENT_RESTARTS) {
+        // Replaced mid-run (not the charm's fault): drop this run's writes,
+        // give the charm back and run the same attempt again, on the new
+        // argument. Its record stays `running` for that attempt.
+        const copy: RunMessage = {
+          ...message,
+          restarts: (message.restarts ?? 0) + 1,
+        };
+        const { ok } = await delivery.commit((op) => {
+          op.check(leaseNow).delete(charmLeaseKey(ref));
+          deps.queue.enqueue(op, copy, {
+            delayMs: 0,
+            undeliveredKey: undeliveredKey(ref, run, message.attempt),
+          });
         });
-      });
-      if (!ok) {
-        known = null;
-        continue;
+        if (!ok) {
+          known = null;
+          continue;
+        }
+        log.info(
+          "The argument of {charm} was replaced during its run; the run's writes were dropped and it runs again",
+          { charm: formatCharmRef(ref) },
+        );
+        return "restarted";
+      } else {
+        // Replaced during every run: give up this attempt as a retriable
+        // failure, so the slot still ends after the retries.
+        result = {
+          execution: {
+            ok: false,
+            durationMs: result.execution.durationMs,
+            error: new Error(
+              `The argument was replaced during each of ${
+                MAX_ARGUMENT_RESTARTS + 1
+              } runs of this attempt; the run's writes were dropped`,
+            ),
+          },
+          storedCells: {},
+        };
+        argumentRead = null;
       }
-      log.info(
-        "The argument of {charm} was replaced during its run; the run's writes were dropped and it runs again",
-        { charm: formatCharmRef(ref) },
-      );
-      return "restarted";
     }
     known = null;
     if (leaseNow.versionstamp !== claim.versionstamp) {
@@ -986,7 +1024,9 @@ function _outcomeWrites(
   };
   if (retriable && message.attempt <= policy.maxRetries) {
     const delayMs = retryDelayMs(error, message.attempt, policy, deps.random);
-    const next: RunMessage = { ...message, attempt: message.attempt + 1 };
+    // A new attempt starts with no restarts.
+    const { restarts: _restarts, ...first } = message;
+    const next: RunMessage = { ...first, attempt: message.attempt + 1 };
     return {
       outcome: "retrying",
       before,

@@ -31,6 +31,7 @@ import { startWebhookReceiver } from "../test/webhook_receiver.ts";
 import type { RunMessage } from "./messages.ts";
 import {
   type Lease,
+  MAX_ARGUMENT_RESTARTS,
   retryDelayMs,
   runCharm,
   type RunRecord,
@@ -642,4 +643,99 @@ Deno.test("runCharm() lets a handler replace its ctx.logger", async () => {
   const ref = await t.create(scoped.name, {});
   assert.equal(await runCharm(t.deps, runMessage(ref)), "succeeded");
   assert.deepEqual(await t.result(ref), { done: true });
+});
+
+Deno.test("runCharm() bounds the restarts of a run whose argument keeps being replaced", async () => {
+  let executions = 0;
+  let replace = (_n: number) => Promise.resolve();
+  const writer = defineRecipe({
+    name: "test-argument-writer-busy",
+    description: "advances a cursor kept in its argument",
+    argumentSchema: z.object({ from: z.number() }),
+    resultSchema: z.object({ last: z.number() }),
+    initialResult: () => ({ last: -1 }),
+    handlers: {
+      async bgUpdater(ctx) {
+        executions++;
+        const { from } = ctx.argument.get();
+        // An outside writer replaces the argument during every run.
+        await replace(executions);
+        ctx.argument.set({ from: from + 1 });
+        ctx.result.set({ last: from });
+      },
+    },
+  });
+  const t = await setup({
+    extraRecipes: [writer],
+    policy: { maxRetries: 1, maxConsecutiveFailures: 100 },
+  });
+  await using _deps = t.deps;
+  const ref = await t.create(writer.name, { from: 0 });
+  replace = async (n) => {
+    await replaceCharmArgument(t.deps.kv, t.deps.recipes, ref, {
+      from: 1000 * n,
+    });
+  };
+
+  const outcomes: string[] = [];
+  let message = runMessage(ref);
+  for (let i = 0; i < 20; i++) {
+    const before = t.queue.sent.length;
+    outcomes.push(await runCharm(t.deps, message));
+    if (t.queue.sent.length === before) break;
+    message = t.queue.sent.at(-1)!.message as RunMessage;
+  }
+  // Each attempt restarts MAX_ARGUMENT_RESTARTS times, then fails; the
+  // second attempt is the last, so the slot ends.
+  const restarts = Array(MAX_ARGUMENT_RESTARTS).fill("restarted");
+  assert.deepEqual(outcomes, [
+    ...restarts,
+    "retrying",
+    ...restarts,
+    "failed",
+  ]);
+  const record = await t.record(ref);
+  assert.equal(record?.state, "failed");
+  assert.match(record?.error ?? "", /argument was replaced during each of 4/);
+  assert.equal((await t.deps.kv.get(charmLeaseKey(ref))).value, null);
+  // The outside writer's last value stands.
+  assert.deepEqual(
+    (await t.deps.kv.get(cellKey(ref, "argument"))).value,
+    { from: 1000 * executions },
+  );
+});
+
+Deno.test("runCharm() does not restart a run whose argument was written again unchanged", async () => {
+  const gate = deferred();
+  let started = 0;
+  const writer = defineRecipe({
+    name: "test-argument-writer-same",
+    description: "advances a cursor kept in its argument",
+    argumentSchema: z.object({ from: z.number() }),
+    resultSchema: z.object({ last: z.number() }),
+    initialResult: () => ({ last: -1 }),
+    handlers: {
+      async bgUpdater(ctx) {
+        started++;
+        const { from } = ctx.argument.get();
+        await gate.promise;
+        ctx.argument.set({ from: from + 1 });
+        ctx.result.set({ last: from });
+      },
+    },
+  });
+  const t = await setup({ extraRecipes: [writer] });
+  await using _deps = t.deps;
+  const ref = await t.create(writer.name, { from: 7 });
+  const running = runCharm(t.deps, runMessage(ref));
+  await waitFor("the run to start", () => started === 1);
+  // A client pushes the same settings again mid-run.
+  await replaceCharmArgument(t.deps.kv, t.deps.recipes, ref, { from: 7 });
+  gate.resolve();
+  assert.equal(await running, "succeeded");
+  assert.deepEqual(
+    (await t.deps.kv.get(cellKey(ref, "argument"))).value,
+    { from: 8 },
+  );
+  assert.deepEqual(await t.result(ref), { last: 7 });
 });
