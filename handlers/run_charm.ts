@@ -58,7 +58,7 @@ import { logger } from "../lib/log.ts";
 import { type Delivery, directDelivery } from "../queue/queue.ts";
 import type { ServiceDeps, TimerId } from "../service/deps.ts";
 import { decodeCell, encodeCell } from "../store/cell_codec.ts";
-import { writeCharmState } from "../store/charms.ts";
+import { readCharmAndCells, writeCharmState } from "../store/charms.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import { countRun } from "../store/recent_runs.ts";
 import {
@@ -242,14 +242,10 @@ async function _readFirstTry(
   run: string,
   message: RunMessage,
 ): Promise<RunRead> {
-  const [charm, state, argument, result] = await deps.kv.getMany<
-    [Charm, CharmState, unknown, unknown]
-  >([
-    charmKey(ref),
-    charmStateKey(ref),
-    cellKey(ref, "argument"),
-    cellKey(ref, "result"),
-  ]);
+  const [charm, state, argument, result] = await readCharmAndCells(
+    deps.kv,
+    ref,
+  );
   const assumedAbsent = <T>(key: Deno.KvKey): Deno.KvEntryMaybe<T> => ({
     key,
     value: null,

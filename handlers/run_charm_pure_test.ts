@@ -70,6 +70,13 @@ async function setup(...extra: AnyRecipe[]) {
   };
 }
 
+/** A charm of a pure counter whose runs never wait. */
+async function openCounter() {
+  const counter = gatedCounter(Array(4).fill(Promise.resolve()), () => {});
+  const t = await setup(counter.recipe);
+  return { t, ref: await t.create(counter.recipe.name) };
+}
+
 Deno.test("runCharm() runs a pure recipe without a lease or a running record", async () => {
   const gate = deferred();
   let started = 0;
@@ -259,14 +266,8 @@ Deno.test("runCharm() refuses a pure recipe's fetch under a lease too", async ()
 });
 
 Deno.test("runCharm() drops a later redelivery of a finished pure run", async () => {
-  let started = 0;
-  const counter = gatedCounter(
-    [Promise.resolve(), Promise.resolve()],
-    () => started++,
-  );
-  const t = await setup(counter.recipe);
+  const { t, ref } = await openCounter();
   await using _deps = t.deps;
-  const ref = await t.create(counter.recipe.name);
   const message = runMessageFor(ref, SLOT);
   assert.equal(await runCharm(t.deps, message), "succeeded");
 
@@ -280,11 +281,8 @@ Deno.test("runCharm() drops a later redelivery of a finished pure run", async ()
 });
 
 Deno.test("runCharm() defers a pure run while another run holds the charm's lease", async () => {
-  let started = 0;
-  const counter = gatedCounter([Promise.resolve()], () => started++);
-  const t = await setup(counter.recipe);
+  const { t, ref } = await openCounter();
   await using _deps = t.deps;
-  const ref = await t.create(counter.recipe.name);
   const held: Lease = {
     run: `manual:${SLOT - 60_000}`,
     attempt: 1,
@@ -302,14 +300,8 @@ Deno.test("runCharm() defers a pure run while another run holds the charm's leas
 });
 
 Deno.test("runCharm() runs a pure run over an expired lease left by a crash", async () => {
-  let started = 0;
-  const counter = gatedCounter(
-    [Promise.resolve(), Promise.resolve()],
-    () => started++,
-  );
-  const t = await setup(counter.recipe);
+  const { t, ref } = await openCounter();
   await using _deps = t.deps;
-  const ref = await t.create(counter.recipe.name);
   await t.kv.set(
     charmLeaseKey(ref),
     {

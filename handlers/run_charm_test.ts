@@ -559,28 +559,41 @@ Deno.test("runCharm() defers, not skips, a duplicate of a run executing when its
   }
 });
 
-Deno.test("runCharm() never overwrites an argument replaced while the run wrote its own", async () => {
-  const gate = deferred();
-  let started = 0;
+/**
+ * A recipe that keeps a cursor in its argument, as a sync recipe might:
+ * each execution reads it, runs `during(execution)` (1-based), then writes it
+ * advanced and the result. `seen` lists the cursors it started from.
+ */
+function argumentWriter(
+  name: string,
+  during: (execution: number) => Promise<void>,
+) {
   const seen: number[] = [];
-  // Keeps a cursor in its argument, as a sync recipe might.
-  const cursor = defineRecipe({
-    name: "test-argument-writer",
+  const recipe = defineRecipe({
+    name,
     description: "advances a cursor kept in its argument",
     argumentSchema: z.object({ from: z.number() }),
     resultSchema: z.object({ last: z.number() }),
     initialResult: () => ({ last: -1 }),
     handlers: {
       async bgUpdater(ctx) {
-        started++;
         const { from } = ctx.argument.get();
         seen.push(from);
-        if (started === 1) await gate.promise;
+        await during(seen.length);
         ctx.argument.set({ from: from + 1 });
         ctx.result.set({ last: from });
       },
     },
   });
+  return { recipe, seen };
+}
+
+Deno.test("runCharm() never overwrites an argument replaced while the run wrote its own", async () => {
+  const gate = deferred();
+  const { recipe: cursor, seen } = argumentWriter(
+    "test-argument-writer",
+    (execution) => execution === 1 ? gate.promise : Promise.resolve(),
+  );
   // The last attempt, and one failure would disable: the user's edit must
   // cost neither.
   const t = await setup({
@@ -590,7 +603,7 @@ Deno.test("runCharm() never overwrites an argument replaced while the run wrote 
   await using _deps = t.deps;
   const ref = await t.create(cursor.name, { from: 0 });
   const running = runCharm(t.deps, runMessage(ref));
-  await waitFor("the run to start", () => started === 1);
+  await waitFor("the run to start", () => seen.length === 1);
   // The user replaces the argument mid-run.
   await replaceCharmArgument(t.deps.kv, t.deps.recipes, ref, { from: 100 });
   gate.resolve();
@@ -646,25 +659,12 @@ Deno.test("runCharm() lets a handler replace its ctx.logger", async () => {
 });
 
 Deno.test("runCharm() bounds the restarts of a run whose argument keeps being replaced", async () => {
-  let executions = 0;
   let replace = (_n: number) => Promise.resolve();
-  const writer = defineRecipe({
-    name: "test-argument-writer-busy",
-    description: "advances a cursor kept in its argument",
-    argumentSchema: z.object({ from: z.number() }),
-    resultSchema: z.object({ last: z.number() }),
-    initialResult: () => ({ last: -1 }),
-    handlers: {
-      async bgUpdater(ctx) {
-        executions++;
-        const { from } = ctx.argument.get();
-        // An outside writer replaces the argument during every run.
-        await replace(executions);
-        ctx.argument.set({ from: from + 1 });
-        ctx.result.set({ last: from });
-      },
-    },
-  });
+  // An outside writer replaces the argument during every run.
+  const { recipe: writer, seen } = argumentWriter(
+    "test-argument-writer-busy",
+    (execution) => replace(execution),
+  );
   const t = await setup({
     extraRecipes: [writer],
     policy: { maxRetries: 1, maxConsecutiveFailures: 100 },
@@ -701,34 +701,21 @@ Deno.test("runCharm() bounds the restarts of a run whose argument keeps being re
   // The outside writer's last value stands.
   assert.deepEqual(
     (await t.deps.kv.get(cellKey(ref, "argument"))).value,
-    { from: 1000 * executions },
+    { from: 1000 * seen.length },
   );
 });
 
 Deno.test("runCharm() does not restart a run whose argument was written again unchanged", async () => {
   const gate = deferred();
-  let started = 0;
-  const writer = defineRecipe({
-    name: "test-argument-writer-same",
-    description: "advances a cursor kept in its argument",
-    argumentSchema: z.object({ from: z.number() }),
-    resultSchema: z.object({ last: z.number() }),
-    initialResult: () => ({ last: -1 }),
-    handlers: {
-      async bgUpdater(ctx) {
-        started++;
-        const { from } = ctx.argument.get();
-        await gate.promise;
-        ctx.argument.set({ from: from + 1 });
-        ctx.result.set({ last: from });
-      },
-    },
-  });
+  const { recipe: writer, seen } = argumentWriter(
+    "test-argument-writer-same",
+    () => gate.promise,
+  );
   const t = await setup({ extraRecipes: [writer] });
   await using _deps = t.deps;
   const ref = await t.create(writer.name, { from: 7 });
   const running = runCharm(t.deps, runMessage(ref));
-  await waitFor("the run to start", () => started === 1);
+  await waitFor("the run to start", () => seen.length === 1);
   // A client pushes the same settings again mid-run.
   await replaceCharmArgument(t.deps.kv, t.deps.recipes, ref, { from: 7 });
   gate.resolve();

@@ -210,6 +210,26 @@ export async function getCharmSummary(
   return { ...charm.value, status: charmStatus(s), state: s };
 }
 
+/** A charm, its state and both cells, in one read (entries, for checks). */
+export async function readCharmAndCells(
+  kv: Deno.Kv,
+  ref: CharmRef,
+): Promise<
+  [
+    Deno.KvEntryMaybe<Charm>,
+    Deno.KvEntryMaybe<CharmState>,
+    Deno.KvEntryMaybe<unknown>,
+    Deno.KvEntryMaybe<unknown>,
+  ]
+> {
+  return await kv.getMany<[Charm, CharmState, unknown, unknown]>([
+    charmKey(ref),
+    charmStateKey(ref),
+    cellKey(ref, "argument"),
+    cellKey(ref, "result"),
+  ]);
+}
+
 /**
  * Reads a charm with state, cells and integrations; `null` when absent. The
  * cells are as stored: secret fields sealed (show them through
@@ -219,14 +239,7 @@ export async function getCharmDetail(
   kv: Deno.Kv,
   ref: CharmRef,
 ): Promise<CharmDetail | null> {
-  const [charm, state, argument, result] = await kv.getMany<
-    [Charm, CharmState, unknown, unknown]
-  >([
-    charmKey(ref),
-    charmStateKey(ref),
-    cellKey(ref, "argument"),
-    cellKey(ref, "result"),
-  ]);
+  const [charm, state, argument, result] = await readCharmAndCells(kv, ref);
   if (charm.value === null) return null;
   const integrations: string[] = [];
   for await (const entry of kv.list({ prefix: charmIntegrationsPrefix(ref) })) {
