@@ -73,6 +73,11 @@ export interface EndToEndResult {
    * (`bench/threads.ts`); `null` with a worker subprocess.
    */
   threadBusy: ThreadBusy | null;
+  /**
+   * The main thread's CPU time per run, ms (`threadBusy.main` over the run):
+   * the steadiest figure for work in the isolate; `null` as above.
+   */
+  mainCpuMsPerRun: number | null;
   succeeded: number;
   failed: number;
 }
@@ -164,6 +169,9 @@ export async function endToEnd(
       counts: single ? { ...counts } : null,
       cpuMsPerRun: single ? (user + system) / 1000 / options.charms : null,
       threadBusy: single ? busy : null,
+      mainCpuMsPerRun: single && busy !== null
+        ? busy.main * elapsedMs / options.charms
+        : null,
       succeeded: state.totalSuccesses,
       failed: state.totalFailures,
     };

@@ -27,6 +27,8 @@ export interface BaselineResult {
   cpuMsPerMessage: number;
   /** Busy share of the main and the SQLite thread (`bench/threads.ts`). */
   threadBusy: ThreadBusy | null;
+  /** The main thread's CPU time per message, ms; `null` without `/proc`. */
+  mainCpuMsPerMessage: number | null;
 }
 
 /**
@@ -89,5 +91,8 @@ export async function queueBaseline(
     enqueueMs,
     cpuMsPerMessage: (user + system) / 1000 / messages,
     threadBusy: busy,
+    mainCpuMsPerMessage: busy === null
+      ? null
+      : busy.main * elapsedMs / messages,
   };
 }

@@ -51,6 +51,7 @@ export async function throughputStep(
   const enqueueMs = new Map<string, number[]>();
   const baselineCpu = new Map<string, number[]>();
   const baselineBusy = new Map<string, (ThreadBusy | null)[]>();
+  const baselineMainCpu = new Map<string, (number | null)[]>();
   const e2e = new Map<string, EndToEndResult[]>();
   const ceiling = new Map<string, number[]>();
   const ceilingBusy = new Map<string, (ThreadBusy | null)[]>();
@@ -66,6 +67,7 @@ export async function throughputStep(
         add(enqueueMs, `${kind}/${size}`, r.enqueueMs);
         add(baselineCpu, `${kind}/${size}`, r.cpuMsPerMessage);
         add(baselineBusy, `${kind}/${size}`, r.threadBusy);
+        add(baselineMainCpu, `${kind}/${size}`, r.mainCpuMsPerMessage);
         progress(
           `baseline ${kind} ${fmt(size)} msgs #${rep}: ${
             fmt(r.messagesPerSecond)
@@ -142,6 +144,9 @@ export async function throughputStep(
           figure(baselineCpu.get(`${kind}/${size}`)!),
         ),
         threadBusy: _busy(baselineBusy.get(`${kind}/${size}`)!),
+        mainCpuMsPerMessage: _optionalFigure(
+          baselineMainCpu.get(`${kind}/${size}`)!,
+        ),
       };
       rows.push({
         measurement: `1. native queue baseline, ${fmt(size)} backlog`,
@@ -156,6 +161,13 @@ export async function throughputStep(
         unit: "ms",
       });
       rows.push(..._busyRows(baselineBusy.get(`${kind}/${size}`)!, kind));
+      rows.push(
+        ..._mainCpuRows(
+          baselineMainCpu.get(`${kind}/${size}`)!,
+          kind,
+          "message",
+        ),
+      );
     }
   }
 
@@ -197,6 +209,9 @@ export async function throughputStep(
             kvOpCounts: runs[0]!.counts,
             cpuMsPerRun: cpu === null ? null : roundFigure(cpu),
             threadBusy: _busy(runs.map((r) => r.threadBusy)),
+            mainCpuMsPerRun: _optionalFigure(
+              runs.map((r) => r.mainCpuMsPerRun),
+            ),
           };
           const label = processes === 2 ? ", 2 processes" : "";
           rows.push({
@@ -217,6 +232,9 @@ export async function throughputStep(
             });
           }
           rows.push(..._busyRows(runs.map((r) => r.threadBusy), kind));
+          rows.push(
+            ..._mainCpuRows(runs.map((r) => r.mainCpuMsPerRun), kind, "run"),
+          );
           if (ops !== null) {
             rows.push({
               measurement: `   KV ops per run (reads + writes)`,
@@ -289,6 +307,28 @@ export async function throughputStep(
     rows.push(..._busyRows(ceilingBusy.get(key)!, kind));
   }
   return { results, rows, targets };
+}
+
+/** A figure of values every repetition has; `null` otherwise. */
+function _optionalFigure(values: (number | null)[]): Figure | null {
+  if (values.length === 0 || values.some((v) => v === null)) return null;
+  return roundFigure(figure(values as number[]));
+}
+
+/** The main thread's CPU per message or per run, if measured. */
+function _mainCpuRows(
+  values: (number | null)[],
+  kind: KvKind,
+  per: "message" | "run",
+): Row[] {
+  const cpu = _optionalFigure(values);
+  if (cpu === null) return [];
+  return [{
+    measurement: `   main-thread CPU per ${per}`,
+    kv: kind,
+    figure: cpu,
+    unit: "ms",
+  }];
 }
 
 /** Thread busy shares as figures; `null` where a repetition had none. */
