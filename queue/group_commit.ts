@@ -1,11 +1,12 @@
 /**
  * Group commit: many handlers' outcome commits in one atomic operation.
  *
- * On a local KV every commit is a write transaction on one SQLite thread, so
- * commits, not handler code, bound how many jobs the `kv` driver finishes per
- * second. The committer commits one group at a time; the parts that arrive
- * while a group commits form the next one, so groups grow with the load and a
- * lone part waits for nobody.
+ * On a local KV every commit is a write transaction on the KV's one SQLite
+ * thread, and on a file an `fsync`: one commit for many finished jobs is
+ * what lets the `kv` driver outrun the native queue (docs/benchmarks.md).
+ * The committer commits one group at a time; the parts that arrive while a
+ * group commits form the next one, so groups grow with the load and a lone
+ * part waits for nobody.
  *
  * Two rules keep a group equivalent to its parts committed one by one:
  * - **No part sees another's writes.** An atomic operation evaluates every
