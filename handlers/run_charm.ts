@@ -507,6 +507,12 @@ async function _runLeased(
     stateEntry,
     argumentRead,
   ];
+  // This attempt enqueued again (a lost lease, a replaced argument).
+  const again = (op: Deno.AtomicOperation, copy: RunMessage) =>
+    deps.queue.enqueue(op, copy, {
+      delayMs: 0,
+      undeliveredKey: undeliveredKey(ref, run, message.attempt),
+    });
   for (let attempt = 0; attempt < CLAIM_TRIES; attempt++) {
     const [leaseNow, stateNow, argumentNow] = known ??
       await kv.getMany<[Lease, CharmState, unknown]>([
@@ -514,34 +520,38 @@ async function _runLeased(
         charmStateKey(ref),
         cellKey(ref, "argument"),
       ]);
+    known = null;
+    if (leaseNow.versionstamp !== claim.versionstamp) {
+      // The lease expired mid-run (a stalled process) and another delivery
+      // took it. If that was a redelivery of this run, it records the
+      // outcome; if it was a run of another slot, nobody would, and this
+      // run's record would stay `running` for good. Enqueue this attempt
+      // again: a copy of a run that finishes meanwhile is a duplicate.
+      await delivery.commit((op) => again(op, message));
+      log.warn(
+        "Dropped the outcome of {charm}: its lease expired and another run took it; the run goes again",
+        { charm: formatCharmRef(ref) },
+      );
+      return "lease-lost";
+    }
     if (
       argumentRead !== null &&
-      argumentNow?.versionstamp !== argumentRead.versionstamp &&
-      leaseNow.versionstamp === claim.versionstamp
+      argumentNow?.versionstamp !== argumentRead.versionstamp
     ) {
+      const restarts = message.restarts ?? 0;
       if (_sameStored(argumentNow?.value, argumentRead.value)) {
         // Written again with the same value: the run's writes still follow
         // from it.
         argumentRead = argumentNow;
-      } else if ((message.restarts ?? 0) < MAX_ARGUMENT_RESTARTS) {
+      } else if (restarts < MAX_ARGUMENT_RESTARTS) {
         // Replaced mid-run (not the charm's fault): drop this run's writes,
         // give the charm back and run the same attempt again, on the new
         // argument. Its record stays `running` for that attempt.
-        const copy: RunMessage = {
-          ...message,
-          restarts: (message.restarts ?? 0) + 1,
-        };
         const { ok } = await delivery.commit((op) => {
           op.check(leaseNow).delete(charmLeaseKey(ref));
-          deps.queue.enqueue(op, copy, {
-            delayMs: 0,
-            undeliveredKey: undeliveredKey(ref, run, message.attempt),
-          });
+          again(op, { ...message, restarts: restarts + 1 });
         });
-        if (!ok) {
-          known = null;
-          continue;
-        }
+        if (!ok) continue;
         log.info(
           "The argument of {charm} was replaced during its run; the run's writes were dropped and it runs again",
           { charm: formatCharmRef(ref) },
@@ -550,39 +560,14 @@ async function _runLeased(
       } else {
         // Replaced during every run: give up this attempt as a retriable
         // failure, so the slot still ends after the retries.
-        result = {
-          execution: {
-            ok: false,
-            durationMs: result.execution.durationMs,
-            error: new Error(
-              `The argument was replaced during each of ${
-                MAX_ARGUMENT_RESTARTS + 1
-              } runs of this attempt; the run's writes were dropped`,
-            ),
-          },
-          storedCells: {},
-        };
+        result = _failed(
+          result,
+          `The argument was replaced during each of ${
+            restarts + 1
+          } runs of this attempt; the run's writes were dropped`,
+        );
         argumentRead = null;
       }
-    }
-    known = null;
-    if (leaseNow.versionstamp !== claim.versionstamp) {
-      // The lease expired mid-run (a stalled process) and another delivery
-      // took it. If that was a redelivery of this run, it records the
-      // outcome; if it was a run of another slot, nobody would, and this
-      // run's record would stay `running` for good. Enqueue this attempt
-      // again: a copy of a run that finishes meanwhile is a duplicate.
-      await delivery.commit((op) =>
-        deps.queue.enqueue(op, message, {
-          delayMs: 0,
-          undeliveredKey: undeliveredKey(ref, run, message.attempt),
-        })
-      );
-      log.warn(
-        "Dropped the outcome of {charm}: its lease expired and another run took it; the run goes again",
-        { charm: formatCharmRef(ref) },
-      );
-      return "lease-lost";
     }
     const writes = _outcomeWrites(deps, ref, run, message, result, stateNow);
     const { ok } = await delivery.commit((op) => {
@@ -945,6 +930,18 @@ async function _finish(
     }
   }
   return { execution, storedCells };
+}
+
+/** `finished` turned into a retriable failure with `message`, writing no cell. */
+function _failed(finished: Finished, message: string): Finished {
+  return {
+    execution: {
+      ok: false,
+      durationMs: finished.execution.durationMs,
+      error: new Error(message),
+    },
+    storedCells: {},
+  };
 }
 
 /** An outcome's writes, computed once and added to each commit attempt. */
