@@ -4,7 +4,7 @@ import { countingKv, totalOps } from "./counting_kv.ts";
 import { driverNamed, KV_DRIVER, NATIVE_DRIVER } from "./drivers.ts";
 import { endToEnd } from "./end_to_end.ts";
 import { serviceV8Flags } from "./fanout_scale.ts";
-import { kvCeiling } from "./kv_ceiling.ts";
+import { kvCeiling, nativeCeiling } from "./kv_ceiling.ts";
 import { queueBaseline } from "./queue_baseline.ts";
 import { noopRecipe } from "./recipes.ts";
 import { seedDifference } from "./seed.ts";
@@ -106,6 +106,19 @@ Deno.test("kvCeiling() runs every seeded job through its KV requests", async () 
   const result = await kvCeiling("memory", 30);
   assert.ok(result.runsPerSecond > 0);
   assert.ok(result.elapsedMs > 0);
+});
+
+Deno.test("kvCeiling() with the fan-out runs every job it enqueues, over pages", async () => {
+  // 250 charms: three fan-out pages, the loops waiting for the later ones
+  // (kvCeiling throws unless every job ran).
+  const result = await kvCeiling("memory", 250, { withFanout: true });
+  assert.ok(result.runsPerSecond > 0);
+});
+
+Deno.test("nativeCeiling() runs every charm through the native queue", async () => {
+  // It throws unless the counter shows every run.
+  const result = await nativeCeiling("memory", 250);
+  assert.ok(result.runsPerSecond > 0);
 });
 
 Deno.test({

@@ -10,9 +10,19 @@
  * No end-to-end figure can beat this one on the same KV: it says how much of
  * the gap to a target is the service and how much is the data a run touches.
  *
+ * With `withFanout`, the jobs are not seeded before the clock starts: they
+ * are enqueued while the loops run, with the KV requests of a fan-out
+ * (`handlers/fanout.ts`), as the end-to-end figures are timed from the
+ * fan-out's start. Per page of 100 registered charms: one registry `list`,
+ * two range `list`s (the charms and their states), one commit (the fan-out
+ * record checked and set, the jobs, the wake-up `sum`). This is the ceiling
+ * an end-to-end figure compares with; the other says what the runs alone
+ * cost.
+ *
  * @module
  */
-import { initialCharmState } from "../charm/charm.ts";
+import { type CharmRef, initialCharmState } from "../charm/charm.ts";
+import type { DidKey } from "../charm/did.ts";
 import { runKeyOf, type RunMessage } from "../handlers/messages.ts";
 import { DEFAULT_SHARDS, type Job } from "../queue/kv_queue.ts";
 import {
@@ -20,8 +30,11 @@ import {
   charmKey,
   charmLeaseKey,
   charmStateKey,
+  fanoutKey,
+  integrationCharmsPrefix,
   queueJobKey,
   queueShardPrefix,
+  queueWakeKey,
   runCountKey,
   runKey,
   serviceCounterKey,
@@ -37,6 +50,9 @@ const BATCH = 10;
 /** Loops claiming at once (each on its own shards). */
 const LOOPS = 2;
 
+/** Charms per fan-out page (`MAX_ENQUEUES_PER_COMMIT` at one slot). */
+const FANOUT_PAGE = 100;
+
 /** One repetition's result. */
 export interface KvCeilingResult {
   runsPerSecond: number;
@@ -45,8 +61,59 @@ export interface KvCeilingResult {
   threadBusy: ThreadBusy | null;
 }
 
-/** Runs one repetition on a fresh KV. */
+/** Runs one repetition of the `kv` driver's ceiling on a fresh KV. */
 export async function kvCeiling(
+  kind: KvKind,
+  runs: number,
+  { withFanout = false }: { withFanout?: boolean } = {},
+): Promise<KvCeilingResult> {
+  await using store = await openBenchKv(kind);
+  const { kv } = store;
+  const slot = Date.UTC(2026, 0, 1);
+  await seedCharmsBatched(kv, { recipe: noopRecipe, count: runs });
+  const feed = new _Feed();
+  let n = 0;
+  const enqueueJob = (op: Deno.AtomicOperation, ref: CharmRef) => {
+    const id = `job-${n}`;
+    const job: Job = {
+      id,
+      message: _message(ref, slot),
+      deliveries: 0,
+      failures: 0,
+      undeliveredKey: ["undelivered", id],
+      enqueuedAt: slot,
+      dueAt: slot,
+      leasedBy: null,
+    };
+    op.set(queueJobKey(n++ % DEFAULT_SHARDS, slot, id), job);
+  };
+  if (!withFanout) {
+    for (let i = 0; i < runs; i += FANOUT_PAGE) {
+      const op = kv.atomic();
+      for (let j = i; j < Math.min(runs, i + FANOUT_PAGE); j++) {
+        enqueueJob(op, benchCharmRef(j));
+      }
+      await op.commit();
+    }
+    feed.finish();
+  }
+
+  return await _timed(kv, runs, () =>
+    Promise.all([
+      withFanout ? _fanout(kv, slot, feed, enqueueJob, { wake: true }) : null,
+      ...Array.from({ length: LOOPS }, (_, loop) => _loop(kv, loop, feed)),
+    ]));
+}
+
+/**
+ * Runs one repetition of the native driver's ceiling on a fresh KV: the
+ * fan-out's requests enqueueing a message per charm on the native queue,
+ * and a `listenQueue` handler making a pure run's requests (one four-key
+ * `getMany`, one outcome commit), as many in flight as the queue delivers.
+ * Compare with the native baseline: what is left between the two is the
+ * read a run needs and its bigger commit.
+ */
+export async function nativeCeiling(
   kind: KvKind,
   runs: number,
 ): Promise<KvCeilingResult> {
@@ -54,51 +121,56 @@ export async function kvCeiling(
   const { kv } = store;
   const slot = Date.UTC(2026, 0, 1);
   await seedCharmsBatched(kv, { recipe: noopRecipe, count: runs });
-  for (let i = 0; i < runs; i += 100) {
-    const op = kv.atomic();
-    for (let j = i; j < Math.min(runs, i + 100); j++) {
-      const ref = benchCharmRef(j);
-      const message: RunMessage = {
-        type: "run",
-        v: 1,
-        ...ref,
-        integration: "manual",
-        kind: "scheduled",
-        slot,
-        attempt: 1,
-        enqueuedAt: slot,
-      };
-      const id = `job-${j}`;
-      const job: Job = {
-        id,
-        message,
-        deliveries: 0,
-        failures: 0,
-        undeliveredKey: ["undelivered", id],
-        enqueuedAt: slot,
-        dueAt: slot,
-        leasedBy: null,
-      };
-      op.set(queueJobKey(j % DEFAULT_SHARDS, slot, id), job);
+  let handled = 0;
+  const { promise: allHandled, resolve, reject } = Promise.withResolvers<
+    void
+  >();
+  const listening = kv.listenQueue(async (raw) => {
+    try {
+      const message = raw as RunMessage;
+      const op = _outcome(kv.atomic(), message, await _pureRead(kv, message));
+      if (!(await op.commit()).ok) {
+        throw new Error("The ceiling's outcome commit failed a check");
+      }
+      if (++handled === runs) resolve();
+    } catch (error) {
+      reject(error);
     }
-    await op.commit();
+  });
+  try {
+    return await _timed(kv, runs, () =>
+      Promise.all([
+        _fanout(kv, slot, new _Feed(), (op, ref) =>
+          op.enqueue(_message(ref, slot), {
+            delay: 0,
+            keysIfUndelivered: [["undelivered", ref.charmId]],
+          }), { wake: false }),
+        allHandled,
+      ]));
+  } finally {
+    kv.close();
+    await listening.catch(() => {});
   }
+}
 
-  const state = initialCharmState();
+/** Times `work`, then checks that it ran every one of `runs`. */
+async function _timed(
+  kv: Deno.Kv,
+  runs: number,
+  work: () => Promise<unknown>,
+): Promise<KvCeilingResult> {
   const threads = threadCpu();
   const started = performance.now();
-  await Promise.all(
-    Array.from({ length: LOOPS }, (_, loop) => _loop(kv, loop, state)),
-  );
+  await work();
   const elapsedMs = performance.now() - started;
   const busy = threadBusy(threads, threadCpu(), elapsedMs);
-  // Every job went through: the figure counts what it says.
+  // Every run went through: the figure counts what it says.
   const done = await kv.get<Deno.KvU64>(
     serviceCounterKey("totalCharmsProcessed"),
   );
   if (done.value?.value !== BigInt(runs)) {
     throw new Error(
-      `The KV ceiling ran ${done.value?.value ?? 0} of ${runs} jobs`,
+      `The KV ceiling ran ${done.value?.value ?? 0} of ${runs} runs`,
     );
   }
   return {
@@ -108,11 +180,152 @@ export async function kvCeiling(
   };
 }
 
-async function _loop(
+/** The scheduled run of charm `ref` in `slot`, as the fan-out enqueues it. */
+function _message(ref: CharmRef, slot: number): RunMessage {
+  return {
+    type: "run",
+    v: 1,
+    ...ref,
+    integration: "manual",
+    kind: "scheduled",
+    slot,
+    attempt: 1,
+    enqueuedAt: slot,
+  };
+}
+
+/** Tells the loops that jobs were enqueued, or that all of them were. */
+class _Feed {
+  finished = false;
+  #waiting: (() => void)[] = [];
+
+  /** Resolves at the next enqueue commit, or at once when all are in. */
+  next(): Promise<void> {
+    if (this.finished) return Promise.resolve();
+    return new Promise((resolve) => this.#waiting.push(resolve));
+  }
+
+  notify(): void {
+    for (const resolve of this.#waiting.splice(0)) resolve();
+  }
+
+  finish(): void {
+    this.finished = true;
+    this.notify();
+  }
+}
+
+/** A fan-out's KV requests: a run per registered charm, a page at a time. */
+async function _fanout(
   kv: Deno.Kv,
-  loop: number,
-  state: ReturnType<typeof initialCharmState>,
+  slot: number,
+  feed: _Feed,
+  enqueue: (op: Deno.AtomicOperation, ref: CharmRef) => void,
+  { wake }: { wake: boolean },
 ): Promise<void> {
+  const record = fanoutKey("manual", slot, "bench");
+  // The fan-out's claim of its record.
+  let entry: Deno.AtomicCheck = await kv.get(record);
+  let commit = await kv.atomic().check(entry).set(record, { cursor: null })
+    .commit();
+  let cursor: string | undefined;
+  while (commit.ok) {
+    entry = { key: record, versionstamp: commit.versionstamp };
+    const iterator = kv.list(
+      { prefix: integrationCharmsPrefix("manual") },
+      { limit: FANOUT_PAGE, ...(cursor ? { cursor } : {}) },
+    );
+    const refs: CharmRef[] = [];
+    for await (const { key } of iterator) {
+      refs.push({ space: key.at(-2) as DidKey, charmId: String(key.at(-1)) });
+    }
+    if (refs.length === 0) break;
+    await Promise.all([charmKey, charmStateKey].map(async (keyOf) => {
+      const range = {
+        start: keyOf(refs[0]!),
+        end: [...keyOf(refs.at(-1)!), ""],
+      };
+      for await (const _ of kv.list(range, { limit: refs.length * 4 })) {
+        // Read, as the fan-out reads them.
+      }
+    }));
+    const op = kv.atomic().check(entry);
+    for (const ref of refs) enqueue(op, ref);
+    cursor = iterator.cursor;
+    // The `kv` driver wakes idle workers once per enqueue commit.
+    if (wake) op.sum(queueWakeKey(), 1n);
+    commit = await op.set(record, { cursor }).commit();
+    feed.notify();
+    if (refs.length < FANOUT_PAGE) break;
+  }
+  if (!commit.ok) {
+    throw new Error("The ceiling's fan-out commit failed a check");
+  }
+  feed.finish();
+}
+
+/** What a pure first try reads, and checks absent without reading. */
+type _PureRead = readonly [
+  Deno.KvEntryMaybe<unknown>,
+  Deno.KvEntryMaybe<unknown>,
+  Deno.AtomicCheck,
+  Deno.AtomicCheck,
+  Deno.KvEntryMaybe<unknown>,
+  Deno.KvEntryMaybe<unknown>,
+];
+
+async function _pureRead(kv: Deno.Kv, message: RunMessage): Promise<_PureRead> {
+  const [charm, state, argument, result] = await kv.getMany([
+    charmKey(message),
+    charmStateKey(message),
+    cellKey(message, "argument"),
+    cellKey(message, "result"),
+  ]);
+  return [
+    charm,
+    state,
+    { key: charmLeaseKey(message), versionstamp: null },
+    { key: runKey(message, runKeyOf(message)), versionstamp: null },
+    argument,
+    result,
+  ];
+}
+
+const STATE = initialCharmState();
+
+/** Adds a pure run's outcome to `op`: its checks and writes. */
+function _outcome(
+  op: Deno.AtomicOperation,
+  message: RunMessage,
+  [, state, lease, record, argument, result]: _PureRead,
+): Deno.AtomicOperation {
+  const now = Date.now();
+  return op.check(lease).check(record).check(state).check(argument)
+    .check(result)
+    .set(runKey(message, runKeyOf(message)), {
+      state: "succeeded",
+      attempt: 1,
+      slot: message.slot,
+      integration: message.integration,
+      startedAt: now,
+      finishedAt: now,
+      durationMs: 0,
+      error: null,
+      retryAt: null,
+    }, { expireIn: 3_600_000 })
+    .set(charmStateKey(message), {
+      ...STATE,
+      lastExecuted: now,
+      totalAttempts: 1,
+      totalExecutions: 1,
+      totalSuccesses: 1,
+    })
+    .sum(serviceCounterKey("totalSuccesses"), 1n)
+    .sum(serviceCounterKey("totalCharmsProcessed"), 1n)
+    .sum(runCountKey(now - (now % 300_000), "succeeded"), 1n);
+}
+
+async function _loop(kv: Deno.Kv, loop: number, feed: _Feed): Promise<void> {
   while (true) {
     const due: Deno.KvEntry<Job>[] = [];
     for (let s = loop; s < DEFAULT_SHARDS && due.length < BATCH; s += LOOPS) {
@@ -122,7 +335,11 @@ async function _loop(
         })
       ) due.push(entry);
     }
-    if (due.length === 0) return;
+    if (due.length === 0) {
+      if (feed.finished) return;
+      await feed.next();
+      continue;
+    }
     const claim = kv.atomic();
     const leased = due.map((entry) => {
       const key = queueJobKey(entry.key[1] as number, 9e15, entry.value.id);
@@ -130,53 +347,12 @@ async function _loop(
       return key;
     });
     if (!(await claim.commit()).ok) continue;
-    const reads = await Promise.all(due.map(({ value: { message } }) => {
-      const run = runKeyOf(message);
-      return kv.getMany([
-        charmKey(message),
-        charmStateKey(message),
-        cellKey(message, "argument"),
-        cellKey(message, "result"),
-      ]).then(([charm, state, argument, result]) =>
-        [
-          charm,
-          state,
-          // A pure first try checks these absent without reading them.
-          { key: charmLeaseKey(message), versionstamp: null },
-          { key: runKey(message, run), versionstamp: null },
-          argument,
-          result,
-        ] as const
-      );
-    }));
-    const now = Date.now();
+    const reads = await Promise.all(
+      due.map(({ value: { message } }) => _pureRead(kv, message)),
+    );
     const outcome = kv.atomic();
     due.forEach(({ value: { message } }, i) => {
-      const [, stateEntry, lease, record, argument, result] = reads[i]!;
-      outcome.check(lease).check(record).check(stateEntry).check(argument)
-        .check(result)
-        .set(runKey(message, runKeyOf(message)), {
-          state: "succeeded",
-          attempt: 1,
-          slot: message.slot,
-          integration: message.integration,
-          startedAt: now,
-          finishedAt: now,
-          durationMs: 0,
-          error: null,
-          retryAt: null,
-        }, { expireIn: 3_600_000 })
-        .set(charmStateKey(message), {
-          ...state,
-          lastExecuted: now,
-          totalAttempts: 1,
-          totalExecutions: 1,
-          totalSuccesses: 1,
-        })
-        .sum(serviceCounterKey("totalSuccesses"), 1n)
-        .sum(serviceCounterKey("totalCharmsProcessed"), 1n)
-        .sum(runCountKey(now - (now % 300_000), "succeeded"), 1n)
-        .delete(leased[i]!);
+      _outcome(outcome, message, reads[i]!).delete(leased[i]!);
     });
     if (!(await outcome.commit()).ok) {
       throw new Error("The ceiling's outcome commit failed a check");
