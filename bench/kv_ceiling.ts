@@ -43,6 +43,7 @@ import { type KvKind, openBenchKv } from "./bench_kv.ts";
 import { noopRecipe } from "./recipes.ts";
 import { type ThreadBusy, threadBusy, threadCpu } from "./threads.ts";
 import { benchCharmRef, seedCharmsBatched } from "./seed.ts";
+import { writeCharmState } from "../store/charms.ts";
 
 /** Jobs per claim and per group commit, as the driver does. */
 const BATCH = 10;
@@ -300,8 +301,7 @@ function _outcome(
   [, state, lease, record, argument, result]: _PureRead,
 ): Deno.AtomicOperation {
   const now = Date.now();
-  return op.check(lease).check(record).check(state).check(argument)
-    .check(result)
+  op.check(lease).check(record).check(state).check(argument).check(result)
     .set(runKey(message, runKeyOf(message)), {
       state: "succeeded",
       attempt: 1,
@@ -313,16 +313,18 @@ function _outcome(
       error: null,
       retryAt: null,
     }, { expireIn: 3_600_000 })
-    .set(charmStateKey(message), {
-      ...STATE,
-      lastExecuted: now,
-      totalAttempts: 1,
-      totalExecutions: 1,
-      totalSuccesses: 1,
-    })
     .sum(serviceCounterKey("totalSuccesses"), 1n)
     .sum(serviceCounterKey("totalCharmsProcessed"), 1n)
     .sum(runCountKey(now - (now % 300_000), "succeeded"), 1n);
+  // The state and, as its status changes, the status index: the store's own
+  // write, so the ceiling writes what a run writes.
+  return writeCharmState(op, message, STATE, {
+    ...STATE,
+    lastExecuted: now,
+    totalAttempts: 1,
+    totalExecutions: 1,
+    totalSuccesses: 1,
+  });
 }
 
 async function _loop(kv: Deno.Kv, loop: number, feed: _Feed): Promise<void> {
