@@ -135,10 +135,9 @@ export async function createCharm(
     const path = issue?.path.length
       ? `argument.${issue.path.join(".")}`
       : "argument";
+    // Field first, as every validation error the API returns.
     throw new TypeError(
-      `Invalid ${path} for recipe "${recipe.name}": ${
-        issue?.message ?? "invalid"
-      }`,
+      `${path}: ${issue?.message ?? "invalid"} (recipe "${recipe.name}")`,
     );
   }
   const result = recipe.initialResult(parsed.data);
@@ -151,7 +150,7 @@ export async function createCharm(
     const size = cellSize(value);
     if (size > MAX_CELL_BYTES) {
       throw new TypeError(
-        `Invalid ${name}: ${size} bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,
+        `${name}: ${size} bytes is over the ${MAX_CELL_BYTES}-byte cell limit`,
       );
     }
   }
