@@ -29,7 +29,10 @@ export interface Cell<T> {
 export interface RunContext<A, R> {
   space: DidKey;
   charmId: string;
-  /** The integration that scheduled the run, or `null` for a manual run. */
+  /**
+   * The integration the run goes through (its stream and `prepare`), or
+   * `null` for a run by hand of a charm registered with none.
+   */
   integration: string | null;
   /** The scheduled slot (epoch ms) this run belongs to. */
   slot: number;
@@ -47,7 +50,7 @@ export interface RunContext<A, R> {
   now(): number;
   /**
    * What the integration's `prepare` hook returned for this run (an
-   * authorized API session, say); `undefined` without one (a manual run).
+   * authorized API session, say); `undefined` without one (under `manual`).
    */
   prepared: unknown;
   /**

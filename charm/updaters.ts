@@ -2,7 +2,8 @@
  * The stream handler names a background run may call, in preference order.
  *
  * This is the one place that lists them: integrations name the one they call,
- * and the `manual` integration calls the first one a recipe has.
+ * and a run by hand of a charm registered with no integration calls the first
+ * one its recipe has.
  *
  * @module
  */

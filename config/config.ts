@@ -154,7 +154,7 @@ const ENV_VARS = [
   ],
   [
     "QUEUE_DRIVER",
-    "native, kv or auto (default auto: kv on Deno Deploy and KV Connect)",
+    "native, kv or auto (default auto: kv on Deno Deploy, KV Connect and with QUEUE_WORKER=cron)",
   ],
   [
     "QUEUE_WORKER",

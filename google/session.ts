@@ -100,7 +100,8 @@ export async function openGoogleSession(
  * The session a run's `prepare` opened.
  *
  * @throws {NonRetriableError} when there is none: the run did not come
- *   through a Google integration (a manual run, say).
+ *   through a Google integration (a run by hand of a charm registered
+ *   with none, say).
  */
 export function googleSessionOf(
   ctx: {

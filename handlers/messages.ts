@@ -20,7 +20,11 @@ export const runMessageSchema = z.object({
   v: z.literal(1),
   space: z.string().refine(isDidKey, { error: "must be an Ed25519 did:key" }),
   charmId: charmIdSchema,
-  /** The integration that scheduled it; `null` for a manual run. */
+  /**
+   * The integration it runs as: the one that scheduled it, or for a manual
+   * run the charm's first registered integration that accepts its recipe;
+   * `null` when there is none.
+   */
   integration: z.string().min(1).max(64).nullable(),
   /** `scheduled` (from a fan-out) or `manual` (from the API). */
   kind: z.enum(["scheduled", "manual"]),
