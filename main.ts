@@ -193,12 +193,23 @@ try {
     },
   }, app.fetch);
 } catch (error) {
-  if (!(error instanceof Deno.errors.AddrInUse)) throw error;
-  console.error(
-    `error: PORT: ${config.host}:${config.port} is already in use; stop the other process or set PORT`,
-  );
   kv.close();
-  Deno.exit(1);
+  if (error instanceof Deno.errors.AddrInUse) {
+    console.error(
+      `error: PORT: ${config.host}:${config.port} is already in use; stop the other process or set PORT`,
+    );
+    Deno.exit(1);
+  }
+  // Anything else is the address itself: a HOST that is not a host name or
+  // IP, does not resolve, or is not this machine's (or a port the process
+  // may not bind). One line naming the setting, as for any bad setting.
+  const field = error instanceof Deno.errors.PermissionDenied ? "PORT" : "HOST";
+  console.error(
+    `error: ${field}: cannot listen on ${config.host}:${config.port}: ${
+      error instanceof Error ? error.message : String(error)
+    }`,
+  );
+  Deno.exit(2);
 }
 starting = service.start();
 await starting;

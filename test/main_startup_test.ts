@@ -1,0 +1,70 @@
+/**
+ * `main.ts` as a subprocess: an address it cannot listen on is refused in
+ * one line naming the setting, with no stack trace; and requests leave
+ * nothing of the runtime's own in the service's output.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { runMain, startService } from "./service_process.ts";
+
+for (
+  const host of [
+    "not_a_host!!", // not a host name
+    "host.invalid", // does not resolve (RFC 2606 reserves .invalid)
+    "192.0.2.1", // TEST-NET-1: not an address of this machine
+  ]
+) {
+  Deno.test(`main.ts refuses HOST=${host} in one line naming HOST, exit 2`, async () => {
+    const { code, stderr } = await runMain(["--integration=manual"], {
+      KV_PATH: ":memory:",
+      HOST: host,
+      PORT: "0",
+    });
+    assert.equal(code, 2, stderr);
+    const errors = stderr.trim().split("\n").filter((line) =>
+      line.startsWith("error") || /^\s+at /.test(line)
+    );
+    assert.equal(errors.length, 1, stderr);
+    assert.match(
+      errors[0]!,
+      new RegExp(
+        `^error: HOST: cannot listen on ${
+          host.replace(/[.!]/g, "\\$&")
+        }:0: \\S`,
+      ),
+    );
+  });
+}
+
+Deno.test("main.ts refuses a PORT in use in one line naming PORT, exit 1", async () => {
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  const { code, stderr } = await runMain(["--integration=manual"], {
+    KV_PATH: ":memory:",
+    HOST: "127.0.0.1",
+    PORT: String(port),
+  });
+  assert.equal(code, 1, stderr);
+  assert.match(
+    stderr,
+    new RegExp(`^error: PORT: 127\\.0\\.0\\.1:${port} is already in use`, "m"),
+  );
+  assert.doesNotMatch(stderr, /^\s+at /m);
+});
+
+Deno.test("main.ts: a POST without a body leaves no runtime warning in the output", async () => {
+  await using service = await startService(["--integration=manual"], {
+    KV_PATH: ":memory:",
+  });
+  // curl -X POST sends neither a body nor a content-length.
+  const response = await fetch(`${service.url}/api/fanout`, {
+    method: "POST",
+    body: new ReadableStream({ start: (c) => c.close() }),
+  });
+  assert.equal(response.status, 200, await response.text());
+  // Stopping drains the output: all of it is there to look at.
+  assert.equal(await service.stop(), 0);
+  assert.match(service.output(), /Stopped/);
+  assert.doesNotMatch(service.output(), /legacy|unstable-no-legacy-abort/);
+});
