@@ -21,7 +21,6 @@
  * @module
  */
 import { type Context, Hono, type MiddlewareHandler } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import {
@@ -67,6 +66,7 @@ import {
   requireSpace,
   UnauthenticatedError,
 } from "./auth.ts";
+import { bodyLimit } from "./body_limit.ts";
 import { enqueueManualRun, setDisabledByHand } from "./charm_actions.ts";
 import { registerDashboard } from "./dashboard.ts";
 import { readHealth } from "./health.ts";
@@ -180,11 +180,11 @@ export function createApp(
   });
   app.use(
     "*",
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: (c) =>
+    bodyLimit(
+      MAX_BODY_BYTES,
+      (c) =>
         c.json({ error: `body: must be at most ${MAX_BODY_BYTES} bytes` }, 413),
-    }),
+    ),
   );
 
   app.get("/health", async (c) => {

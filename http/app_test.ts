@@ -203,6 +203,31 @@ Deno.test("POST /api/charms with a body over 64 KiB is 413", async () => {
   await _expect(404, h.call("GET", _charmPath("big")));
 });
 
+Deno.test("a streamed body within the limit is passed on, and so is an empty one", async () => {
+  // Counted as it arrives (no content-length), then handed on buffered
+  // (http/body_limit.ts; that it leaves the request's signal alone is
+  // checked through Deno.serve in test/main_startup_test.ts).
+  await using h = await _harness();
+  const body = JSON.stringify({
+    space: SPACE,
+    recipe: "counter",
+    charmId: "s",
+  });
+  const created = await h.app.request("/api/charms", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: ReadableStream.from([new TextEncoder().encode(body)]),
+  });
+  assert.equal(created.status, 201, await created.clone().text());
+  assert.deepEqual(await created.json(), { space: SPACE, charmId: "s" });
+  // A POST with no body at all (curl -X POST …/run).
+  const run = await h.app.request(`${_charmPath("s")}/run`, {
+    method: "POST",
+    body: new ReadableStream({ start: (c) => c.close() }),
+  });
+  assert.equal(run.status, 202, await run.text());
+});
+
 Deno.test("GET /api/charms/:space/:charmId is 404 when absent and 400 on bad params", async () => {
   await using h = await _harness();
   const absent = await _expect(404, h.call("GET", _charmPath("nope")));
