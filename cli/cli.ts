@@ -260,7 +260,12 @@ function _checkFlags(
   // An empty value is never meant: `--passphrase=` would sign with the
   // identity of the empty passphrase.
   for (const [name, value] of Object.entries(values)) {
-    if (value === "") throw usageError(`--${name}: must not be empty`);
+    if (value === "") {
+      // Most often "$VAR" with the variable unset.
+      throw usageError(
+        `--${name}: must not be empty (is the shell variable you passed unset?)`,
+      );
+    }
   }
   const urlSource = values.url !== undefined
     ? { name: "--url", value: values.url }

@@ -312,13 +312,21 @@ Deno.test("charms CLI: bad flags and arguments exit 2, service errors exit 1, ea
       /^error: BCS_URL: "localhost:8000" is not an http:\/\/ or https:\/\/ URL$/,
       { BCS_URL: "localhost:8000" },
     ],
-    [["token", "--passphrase="], 2, /^error: --passphrase: must not be empty$/],
+    [
+      ["token", "--passphrase="],
+      2,
+      /^error: --passphrase: must not be empty \(is the shell variable you passed unset\?\)$/,
+    ],
     [
       ["list", `--space=${SPACE}`, "--passphrase", ""],
       2,
-      /^error: --passphrase: must not be empty$/,
+      /^error: --passphrase: must not be empty \(is the shell variable you passed unset\?\)$/,
     ],
-    [["list", "--token="], 2, /^error: --token: must not be empty$/],
+    [
+      ["list", "--token="],
+      2,
+      /^error: --token: must not be empty \(is the shell variable you passed unset\?\)$/,
+    ],
     [
       ["list", "--limit=0"],
       2,

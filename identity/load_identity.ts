@@ -58,7 +58,7 @@ export async function loadIdentity(
       throw new ConfigError(
         `IDENTITY: the key file "${path}" is ${
           toError(error).message
-        }; create one with: openssl genpkey -algorithm ed25519 -out ${path}`,
+        }; point IDENTITY at an Ed25519 key, or make a new one (a new file, not this one) with: deno task charms keygen > identity.pem`,
       );
     }
   }

@@ -98,6 +98,11 @@ Deno.test("loadIdentity() names IDENTITY and the path when the key file is missi
             ),
           );
           assert.doesNotMatch(error.message, /AAAA/);
+          // The hint makes a new file: pasting it must not overwrite the
+          // one IDENTITY names (a certificate given by mistake, say).
+          assert.match(error.message, /keygen > identity\.pem$/);
+          assert.ok(!error.message.includes(`-out ${path}`));
+          assert.ok(!error.message.includes(`> ${path}`));
           return true;
         },
       );
