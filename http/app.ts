@@ -615,11 +615,18 @@ async function _jsonBody(
       }"`,
     });
   }
+  if (text.trim() === "") {
+    throw new TypeError("body: must be a JSON object; the body is empty");
+  }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new TypeError("body: must be a JSON object", { cause: error });
+    // The parser's own words (position and all) help find the typo.
+    throw new TypeError(
+      `body: not valid JSON (${toError(error).message.slice(0, 200)})`,
+      { cause: error },
+    );
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     throw new TypeError("body: must be a JSON object");

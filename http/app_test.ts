@@ -167,9 +167,9 @@ Deno.test("POST /api/charms rejects bad input with 400 naming the field", async 
       { space: SPACE, recipe: "counter", colour: "red" },
       /^body: .*colour/,
     ],
-    ["malformed JSON", "{not json", /^body: must be a JSON object$/],
+    ["malformed JSON", "{not json", /^body: not valid JSON \(.+\)$/],
     ["JSON array", "[1, 2]", /^body: must be a JSON object$/],
-    ["empty body", "", /^body: must be a JSON object$/],
+    ["empty body", "", /^body: must be a JSON object; the body is empty$/],
   ];
   for (const [name, body, error] of cases) {
     await t.step(name, async () => {
@@ -569,6 +569,12 @@ Deno.test("GET /api/dead-letters lists dead letters, newest first", async () => 
   assert.equal((first.deadLetters as unknown[]).length, 1);
   assert.equal(typeof first.cursor, "string");
   await _expect(400, h.call("GET", "/api/dead-letters?limit=0"));
+  // A cursor the API never returned is refused, naming it.
+  const bad = await _expect(
+    400,
+    h.call("GET", "/api/dead-letters?cursor=!!!"),
+  );
+  assert.match(String(bad.error), /^cursor: /);
 });
 
 Deno.test("with an admin token, the API needs a bearer token; /health and /api/status stay public", async () => {

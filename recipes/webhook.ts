@@ -85,6 +85,14 @@ export const webhookRecipe = defineRecipe({
         signal: ctx.signal,
         // A redirect could lead anywhere, past the check above.
         redirect: ctx.egress.restricted ? "manual" : "follow",
+      }).catch((error: unknown) => {
+        // Deno says only "fetch failed"; why is in the cause, with the whole
+        // URL. Keep the why, not the URL (its path or query may be secret).
+        if (!(error instanceof TypeError) || ctx.signal.aborted) throw error;
+        throw new Error(
+          `Cannot reach webhook ${_origin(url)}: ${_networkReason(error)}`,
+          { cause: error },
+        );
       });
       if (!response.ok) await response.body?.cancel();
       if (
@@ -176,6 +184,15 @@ async function _readCapped(
     at += chunk.byteLength;
   }
   return new TextDecoder().decode(bytes);
+}
+
+/** Why a `fetch` failed on the network, without any URL it names. */
+function _networkReason(error: TypeError): string {
+  const detail = error.cause instanceof Error ? error.cause.message : "";
+  const reason = (detail || error.message)
+    .replace(/^error sending request for url \([^)]*\):\s*/i, "")
+    .replace(/https?:\/\/\S+/gi, "(URL)");
+  return reason.slice(0, 300) || "fetch failed";
 }
 
 /** Only the origin goes into errors: a URL path or query may carry secrets. */

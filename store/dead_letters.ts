@@ -84,7 +84,7 @@ export async function listDeadLetters(
   } catch (error) {
     if (options.cursor) {
       throw new TypeError(
-        "Invalid cursor: it does not belong to this listing",
+        "cursor: not a cursor this API returned for this listing",
         {
           cause: error,
         },
