@@ -139,14 +139,6 @@ if (secrets === null) {
     kid: secrets.current.kid,
   });
 }
-if (config.adminToken === null && !deployed) {
-  log.warn(
-    "ADMIN_TOKEN is not set: the API is open to anyone who can reach port {port} (local development)",
-    {
-      port: config.port,
-    },
-  );
-}
 // Signals are handled from here on, so a SIGTERM during startup is a
 // graceful stop too (it waits for startup to finish first).
 let server: Deno.HttpServer | null = null;
@@ -181,15 +173,24 @@ try {
     port: config.port,
     hostname: config.host,
     onListen: ({ hostname, port }) => {
+      // An IPv6 address goes in brackets in a URL.
+      const host = hostname.includes(":") ? `[${hostname}]` : hostname;
       log.info(
-        "Listening on http://{hostname}:{port} (KV at {kvPath}, integrations: {integrations})",
+        "Listening on http://{host}:{port} (KV at {kvPath}, integrations: {integrations})",
         {
-          hostname,
+          host,
           port,
           kvPath: describeKvPath(config.kvPath),
           integrations: config.integrations.join(", "),
         },
       );
+      if (config.adminToken === null && !deployed) {
+        // The port it listens on: PORT=0 picks one.
+        log.warn(
+          "ADMIN_TOKEN is not set: the API is open to anyone who can reach port {port} (local development)",
+          { port },
+        );
+      }
     },
   }, app.fetch);
 } catch (error) {

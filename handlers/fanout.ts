@@ -277,8 +277,9 @@ export async function fanout(
       : await kv.get<FanoutRecord>(key);
   }
   log.info(
-    "Fan-out enqueued {enqueued} runs over {slots} slot(s), skipped {skipped} charms",
+    "Fan-out of {integration} enqueued {enqueued} runs over {slots} slot(s), skipped {skipped} charms",
     {
+      integration: integration.id,
       enqueued: result.enqueued,
       skipped: result.skipped,
       slots: slots.length,

@@ -1064,8 +1064,9 @@ function _outcomeWrites(
       ...(disable && !before.disabled
         ? {
           disabled: true,
-          disabledReason:
-            `${consecutiveFailures} consecutive failures; last: ${errorText}`,
+          disabledReason: `${
+            _count(consecutiveFailures, "consecutive failure")
+          }; last: ${errorText}`,
         }
         : {}),
     };
@@ -1111,6 +1112,11 @@ function _withTiming(
   };
 }
 
+/** `1 attempt`, `3 attempts`. */
+function _count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 function _logOutcome(
   log: Logger,
   { outcome, before, after }: OutcomeWrites,
@@ -1138,10 +1144,11 @@ function _logOutcome(
     );
   } else {
     log.error(
-      "Run of {charm} failed for good after {attempt} attempts: {error}",
+      "Run of {charm} failed for good after {attempts}: {error}",
       {
         ...props,
         attempt: message.attempt,
+        attempts: _count(message.attempt, "attempt"),
       },
     );
   }
@@ -1153,8 +1160,11 @@ function _logOutcome(
   }
   if (after.disabled && !before.disabled) {
     log.error(
-      "Disabled {charm} after {consecutiveFailures} consecutive failures; last error: {error}",
-      props,
+      "Disabled {charm} after {failures}; last error: {error}",
+      {
+        ...props,
+        failures: _count(after.consecutiveFailures, "consecutive failure"),
+      },
     );
   }
 }

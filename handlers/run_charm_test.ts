@@ -249,6 +249,23 @@ Deno.test("runCharm() disables a charm after --failures failed slots; success re
   assert.equal(receiver.calls.length, calls);
 });
 
+Deno.test("runCharm() says one failure in the singular when --failures is 1", async () => {
+  await using receiver = startWebhookReceiver();
+  receiver.reply("/x", { status: 503 });
+  const t = await setup({
+    policy: { maxRetries: 0, maxConsecutiveFailures: 1 },
+  });
+  await using _deps = t.deps;
+  const ref = await t.create("webhook", { url: `${receiver.url}/x` });
+  assert.equal(
+    await runCharm(t.deps, runMessage(ref, { slot: SLOT })),
+    "failed",
+  );
+  const state = await t.state(ref);
+  assert.equal(state.disabled, true);
+  assert.match(state.disabledReason ?? "", /^1 consecutive failure; last: /);
+});
+
 const hangRecipe = defineRecipe({
   name: "test-hang",
   description: "writes its result, then waits until aborted",

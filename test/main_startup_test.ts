@@ -68,3 +68,24 @@ Deno.test("main.ts: a POST without a body leaves no runtime warning in the outpu
   assert.match(service.output(), /Stopped/);
   assert.doesNotMatch(service.output(), /legacy|unstable-no-legacy-abort/);
 });
+
+Deno.test("main.ts: the open-API warning names the port it listens on, and fan-outs name their integration", async () => {
+  // PORT=0: the system picks the port.
+  await using service = await startService(["--integration=manual"], {
+    KV_PATH: ":memory:",
+    PORT: "0",
+  });
+  const port = new URL(service.url).port;
+  assert.notEqual(port, "0");
+  // A fan-out after the start's own: it logs when it is done.
+  const response = await fetch(`${service.url}/api/fanout`, { method: "POST" });
+  assert.equal(response.status, 200, await response.text());
+  assert.equal(await service.stop(), 0);
+  assert.match(
+    service.output(),
+    new RegExp(
+      `ADMIN_TOKEN is not set: the API is open to anyone who can reach port ${port} `,
+    ),
+  );
+  assert.match(service.output(), /Fan-out of manual enqueued \d+ runs/);
+});
