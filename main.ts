@@ -11,8 +11,10 @@ import { createApp } from "./http/app.ts";
 import { isDeployed, loadIdentity } from "./identity/load_identity.ts";
 import {
   assertGoogleConfig,
+  GOOGLE_ENV_VARS,
   GOOGLE_INTEGRATION_IDS,
   googleConfigProblems,
+  missingGoogleClient,
 } from "./integrations/_google_config.ts";
 import { INTEGRATIONS } from "./integrations/manifest.ts";
 import { ConfigError } from "./lib/errors.ts";
@@ -44,7 +46,10 @@ const config: Config = await orExit(() =>
   loadConfig(Deno.args, env, INTEGRATIONS.map((i) => i.id))
 );
 if (config.help) {
-  console.log(usage(INTEGRATIONS));
+  console.log(usage(INTEGRATIONS, [{
+    heading: "Google integrations, gmail and gcal (see docs/google.md)",
+    variables: GOOGLE_ENV_VARS,
+  }]));
   Deno.exit(0);
 }
 if (!config.initialize) {
@@ -138,6 +143,20 @@ if (secrets === null) {
   log.info("Secret cell fields are encrypted with key {kid}", {
     kid: secrets.current.kid,
   });
+}
+{
+  // `deno task start` runs gmail: without a client it runs nothing useful,
+  // which deserves a line at startup, not only in --initialize.
+  const google = config.integrations.filter((id) =>
+    GOOGLE_INTEGRATION_IDS.includes(id)
+  );
+  const missing = missingGoogleClient(env);
+  if (google.length > 0 && missing.length > 0) {
+    log.warn(
+      "{integrations}: {missing} not set: Google tokens cannot be refreshed, so a charm's runs fail once its access token expires (see docs/google.md; --integration=manual runs other charms)",
+      { integrations: google.join(", "), missing: missing.join(", ") },
+    );
+  }
 }
 // Signals are handled from here on, so a SIGTERM during startup is a
 // graceful stop too (it waits for startup to finish first).

@@ -345,6 +345,11 @@ export function loadConfig(
 /** The `--help` text, listing the integrations that exist. */
 export function usage(
   integrations: readonly { id: string; description: string }[],
+  /** Variables of the integrations, listed under their own heading. */
+  integrationVariables: readonly {
+    heading: string;
+    variables: readonly { name: string; description: string }[];
+  }[] = [],
 ): string {
   const lines = [
     "Background Charm Service: runs charms on a schedule, with retries.",
@@ -374,6 +379,11 @@ export function usage(
     "",
     "Environment variables (flags override them):",
     ...ENV_VARS.map(([name, text]) => `  ${name.padEnd(28)}${text}`),
+    ...integrationVariables.flatMap(({ heading, variables }) => [
+      "",
+      `${heading}:`,
+      ...variables.map((v) => `  ${v.name.padEnd(28)}${v.description}`),
+    ]),
   ];
   return lines.join("\n");
 }

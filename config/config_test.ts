@@ -153,7 +153,14 @@ Deno.test("usage() lists the available integrations and every variable", () => {
   const text = usage([
     { id: "gmail", description: "Gmail things" },
     { id: "manual", description: "Manual things" },
-  ]);
+  ], [{
+    heading: "Google integrations",
+    variables: [{ name: "GOOGLE_CLIENT_ID", description: "OAuth client id" }],
+  }]);
+  assert.match(
+    text,
+    /\n\nGoogle integrations:\n {2}GOOGLE_CLIENT_ID\s+OAuth client id$/,
+  );
   assert.match(text, /--interval=<seconds>/);
   assert.match(text, /divisor or\s+multiple of 60/);
   assert.match(text, /gmail\s+Gmail things/);

@@ -128,7 +128,7 @@ export function checkGoogleConfig(
     );
     return lines;
   }
-  const missing = CLIENT_VARS.filter((name) => !env[name]);
+  const missing = missingGoogleClient(env);
   if (missing.length > 0) {
     lines.push(
       `${id}: missing ${
@@ -139,6 +139,17 @@ export function checkGoogleConfig(
     lines.push(`${id}: Google OAuth client configured`);
   }
   return lines;
+}
+
+/**
+ * The OAuth client variables a token refresh needs and `env` lacks (none
+ * when a toolshed refreshes tokens instead).
+ */
+export function missingGoogleClient(
+  env: Record<string, string | undefined>,
+): string[] {
+  if (env.TOOLSHED_API_URL) return [];
+  return CLIENT_VARS.filter((name) => !env[name]);
 }
 
 const CLIENT_VARS: readonly string[] = [

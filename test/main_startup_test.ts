@@ -89,3 +89,20 @@ Deno.test("main.ts: the open-API warning names the port it listens on, and fan-o
   );
   assert.match(service.output(), /Fan-out of manual enqueued \d+ runs/);
 });
+
+Deno.test("main.ts warns at startup when gmail runs without a Google OAuth client", async () => {
+  await using gmail = await startService(["--integration=gmail"], {
+    KV_PATH: ":memory:",
+  });
+  assert.equal(await gmail.stop(), 0);
+  assert.match(
+    gmail.output(),
+    /\[WRN\] bcs·main: gmail: GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET not set: Google tokens cannot be refreshed/,
+  );
+  await using manual = await startService(["--integration=manual"], {
+    KV_PATH: ":memory:",
+  });
+  assert.equal(await manual.stop(), 0);
+  assert.match(manual.output(), /Stopped/);
+  assert.doesNotMatch(manual.output(), /GOOGLE_CLIENT_ID/);
+});
