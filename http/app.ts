@@ -223,6 +223,17 @@ export function createApp(
         depth: deps.queue.depth ? await deps.queue.depth() : null,
       },
       integrations: [...deps.integrations.keys()],
+      // The settings in effect (flags and variables as parsed), so an
+      // operator need not read the process's command line.
+      policy: {
+        intervalMs: deps.policy.intervalMs,
+        maxConsecutiveFailures: deps.policy.maxConsecutiveFailures,
+        maxRetries: deps.policy.maxRetries,
+        maxConcurrent: deps.semaphore.limit,
+        charmExecutionTimeoutMs: deps.policy.charmExecutionTimeoutMs,
+        retryBaseDelayMs: deps.policy.retryBaseDelayMs,
+        retryMaxDelayMs: deps.policy.retryMaxDelayMs,
+      },
     });
   });
 

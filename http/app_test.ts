@@ -83,6 +83,16 @@ Deno.test("GET /api/status counts charms and shows the queue and integrations", 
   assert.deepEqual(body.integrations, ["manual"]);
   assert.equal(body.cyclesCompleted, 0);
   assert.equal(body.deadLetters, 0);
+  // The settings in effect: the test policy, 5 runs at once.
+  assert.deepEqual(body.policy, {
+    intervalMs: 60_000,
+    maxConsecutiveFailures: 5,
+    maxRetries: 3,
+    maxConcurrent: 5,
+    charmExecutionTimeoutMs: 30_000,
+    retryBaseDelayMs: 1_000,
+    retryMaxDelayMs: 60_000,
+  });
 });
 
 Deno.test("POST /api/charms creates a charm, and a duplicate is 409", async () => {

@@ -242,6 +242,15 @@ export function createService(
           },
         );
       }
+      log.info(
+        "Policy: each charm runs every {interval} s; a failed run is retried {retries} times; {failures} failed slots in a row disable a charm; a run times out after {timeout} s",
+        {
+          interval: config.intervalMs / 1000,
+          retries: config.maxRetries,
+          failures: config.maxConsecutiveFailures,
+          timeout: config.charmExecutionTimeoutMs / 1000,
+        },
+      );
       scheduleStatusLog();
       await resumeInterruptedFanouts(deps).catch((error) => {
         log.error("Resuming interrupted fan-outs failed: {error}", {

@@ -88,6 +88,11 @@ Deno.test("main.ts: the open-API warning names the port it listens on, and fan-o
     ),
   );
   assert.match(service.output(), /Fan-out of manual enqueued \d+ runs/);
+  // The settings in effect, in words (the defaults here).
+  assert.match(
+    service.output(),
+    /Policy: each charm runs every 60 s; a failed run is retried 3 times; 5 failed slots in a row disable a charm; a run times out after 30 s/,
+  );
 });
 
 Deno.test("main.ts warns at startup when gmail runs without a Google OAuth client", async () => {
