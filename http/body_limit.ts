@@ -12,6 +12,7 @@
  * @module
  */
 import type { Context, MiddlewareHandler } from "hono";
+import { readCapped } from "../lib/read_capped.ts";
 
 /**
  * Refuses a request whose body is over `maxSize` bytes with `onError`: at
@@ -30,19 +31,8 @@ export function bodyLimit(
       if (Number(length) > maxSize) return await onError(c);
       return await next();
     }
-    const chunks: Uint8Array[] = [];
-    let size = 0;
-    for await (const chunk of raw.body) {
-      size += chunk.byteLength;
-      if (size > maxSize) return await onError(c);
-      chunks.push(chunk);
-    }
-    const body = new Uint8Array(size);
-    let offset = 0;
-    for (const chunk of chunks) {
-      body.set(chunk, offset);
-      offset += chunk.byteLength;
-    }
+    const body = await readCapped(raw.body, maxSize);
+    if (body === null) return await onError(c);
     c.req.raw = new Request(raw.url, {
       method: raw.method,
       headers: raw.headers,

@@ -23,6 +23,7 @@ import {
   RetryAfterError,
 } from "../lib/errors.ts";
 import { checkUrl } from "../lib/net_guard.ts";
+import { readCapped } from "../lib/read_capped.ts";
 import { signWebhookBody } from "../lib/webhook_signature.ts";
 
 const argumentSchema = z.object({
@@ -164,26 +165,8 @@ async function _readCapped(
   maxBytes: number,
 ): Promise<string | null> {
   if (response.body === null) return "";
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  const reader = response.body.getReader();
-  while (true) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > maxBytes) {
-      await reader.cancel();
-      return null;
-    }
-    chunks.push(value);
-  }
-  const bytes = new Uint8Array(size);
-  let at = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return new TextDecoder().decode(bytes);
+  const bytes = await readCapped(response.body, maxBytes);
+  return bytes === null ? null : new TextDecoder().decode(bytes);
 }
 
 /** Why a `fetch` failed on the network, without any URL it names. */

@@ -12,6 +12,7 @@
  * `test/fake_google.ts` by their own tests.)
  */
 import assert from "node:assert/strict";
+import { MAX_CELL_BYTES } from "../store/kv_util.ts";
 import type { CharmRef, CharmState } from "../charm/charm.ts";
 import type { RunMessage } from "../handlers/messages.ts";
 import {
@@ -327,6 +328,26 @@ Deno.test("webhook: an unreachable upstream is retried, then fails the slot once
   assert.equal(state.totalFailures, 1);
   assert.equal(state.consecutiveFailures, 1);
   assert.equal(state.totalAttempts, 3);
+  assert.deepEqual(await t.result(), INITIAL_RESULT);
+});
+
+Deno.test("webhook: a reply larger than a cell fails the slot at once, storing nothing", async () => {
+  await using receiver = startWebhookReceiver();
+  receiver.reply("/hook", {
+    status: 200,
+    rawBody: JSON.stringify({ result: "x".repeat(MAX_CELL_BYTES) }),
+  });
+  await using t = await setup(`${receiver.url}/hook`, { maxRetries: 2 });
+  const steps = await t.runSlot();
+
+  // Not retried: the same reply would come back.
+  assert.deepEqual(steps.map((s) => s.outcome), ["failed"]);
+  await t.assertSettled("failed");
+  const state = await t.state();
+  assert.equal(
+    state.lastError,
+    `NonRetriableError: Webhook ${receiver.url} replied with more than ${MAX_CELL_BYTES} bytes`,
+  );
   assert.deepEqual(await t.result(), INITIAL_RESULT);
 });
 
