@@ -8,7 +8,7 @@
 import { registerCron } from "./cron.ts";
 import { type Config, loadConfig, usage } from "./config/config.ts";
 import { createApp } from "./http/app.ts";
-import { isDeployed, loadIdentity } from "./identity/load_identity.ts";
+import { isExposed, loadIdentity } from "./identity/load_identity.ts";
 import {
   assertGoogleConfig,
   GOOGLE_ENV_VARS,
@@ -58,7 +58,9 @@ if (!config.initialize) {
   // missing) instead.
   await orExit(() => assertGoogleConfig(env));
 }
-const deployed = isDeployed(env);
+// On Deno Deploy, or listening beyond loopback: nothing is granted for
+// being local (open access, the development identity, private webhooks).
+const exposed = isExposed(env);
 // The keys sealing secret cell fields (OAuth tokens) in KV.
 const secrets: SecretKeys | null = await orExit(() => loadSecretKeys(env));
 
@@ -182,7 +184,7 @@ const startedAt = Date.now();
 const app = createApp(service.deps, {
   adminToken: config.adminToken,
   serviceDid: identity.identity.did,
-  deployed,
+  exposed,
   version: VERSION,
   startedAt,
   healthMaxTickAgeMs: 2 * 60_000 + 30_000,
@@ -203,7 +205,7 @@ try {
           integrations: config.integrations.join(", "),
         },
       );
-      if (config.adminToken === null && !deployed) {
+      if (config.adminToken === null && !exposed) {
         // The port it listens on: PORT=0 picks one.
         log.warn(
           "ADMIN_TOKEN is not set: the API is open to anyone who can reach port {port} (local development)",

@@ -42,7 +42,7 @@ export async function startHttpTarget(
   const app = createApp(deps, {
     adminToken: ADMIN_TOKEN,
     serviceDid: BENCH_SPACE,
-    deployed: false,
+    exposed: false,
     version: "bench",
     startedAt: Date.now(),
     healthMaxTickAgeMs: 150_000,

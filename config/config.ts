@@ -72,7 +72,7 @@ export interface Config {
   /** `ADMIN_TOKEN`: the operator's bearer token, when set. */
   adminToken: string | null;
   /**
-   * `WEBHOOK_ALLOWED_HOSTS`: hosts webhooks may call when deployed even if
+   * `WEBHOOK_ALLOWED_HOSTS`: hosts webhooks may call when exposed even if
    * they are, or resolve to, private addresses.
    */
   webhookAllowedHosts: string[];
@@ -150,7 +150,7 @@ const ENV_VARS = [
   ],
   [
     "WEBHOOK_ALLOWED_HOSTS",
-    "comma-separated hosts webhooks may call when deployed even if private (see docs/webhooks.md)",
+    "comma-separated hosts webhooks may call when exposed (deployed, or HOST beyond loopback) even if private (see docs/webhooks.md)",
   ],
   [
     "QUEUE_DRIVER",

@@ -15,7 +15,7 @@
  * state and registrations need the operator, the space's own identity or
  * one of its delegates; a space's delegates need the operator or the space's
  * owner; listings across spaces, fan-outs and dead letters need the
- * operator. With no `ADMIN_TOKEN` and not deployed, anonymous requests are
+ * operator. With no `ADMIN_TOKEN` and not exposed, anonymous requests are
  * the operator (local development).
  *
  * @module
@@ -59,6 +59,7 @@ import { readServiceState } from "../store/service_state.ts";
 import {
   authenticate,
   ForbiddenError,
+  isLocalRequest,
   missingToken,
   type Principal,
   principalName,
@@ -79,10 +80,11 @@ export interface AppOptions {
   /** The service's DID: identity tokens name it as their audience. */
   serviceDid: DidKey;
   /**
-   * Running deployed (on Deno Deploy): anonymous requests are never the
-   * operator, even without an admin token.
+   * Reachable from other machines (on Deno Deploy, or listening beyond
+   * loopback: `isExposed`): anonymous requests are never the operator, even
+   * without an admin token.
    */
-  deployed: boolean;
+  exposed: boolean;
   /** Service version, shown by `/health` and `/api/status`. */
   version: string;
   /** When this process started, epoch ms. */
@@ -136,7 +138,7 @@ export type AppEnv = { Variables: { principal: Principal } };
  * const app = createApp(deps, {
  *   adminToken: null,
  *   serviceDid: identity.did,
- *   deployed: false,
+ *   exposed: false,
  *   version: "1.0.0",
  *   startedAt: Date.now(),
  *   healthMaxTickAgeMs: 180_000,
@@ -154,7 +156,7 @@ export function createApp(
   const authOptions = {
     adminToken: options.adminToken,
     serviceDid: options.serviceDid,
-    openAccess: options.adminToken === null && !options.deployed,
+    openAccess: options.adminToken === null && !options.exposed,
     now: deps.now,
   };
 
@@ -162,11 +164,25 @@ export function createApp(
   app.use("*", async (c, next) => {
     // `/health` answers probes whatever they send; everything else needs a
     // presented token to be valid.
+    // Open access is for the person at this machine: not for a page they
+    // visit that posts to localhost, nor for a name rebound to 127.0.0.1.
+    const openAccess = authOptions.openAccess && isLocalRequest({
+      method: c.req.method,
+      url: c.req.url,
+      host: c.req.header("host"),
+      origin: c.req.header("origin"),
+      secFetchSite: c.req.header("sec-fetch-site"),
+      forwarded: c.req.header("forwarded") !== undefined ||
+        c.req.header("x-forwarded-for") !== undefined,
+    });
     c.set(
       "principal",
       c.req.path === "/health"
         ? { kind: "anonymous" }
-        : await authenticate(c.req.header("authorization"), authOptions),
+        : await authenticate(c.req.header("authorization"), {
+          ...authOptions,
+          openAccess,
+        }),
     );
     await next();
   });

@@ -28,6 +28,7 @@ import {
 } from "jose";
 import { type DidKey, parseDidKey, publicKeyFromDidKey } from "../charm/did.ts";
 import { toError } from "../lib/errors.ts";
+import { classifyAddress } from "../lib/net_guard.ts";
 import { MAX_TOKEN_TTL_SECONDS } from "../identity/token.ts";
 import { isDelegate } from "../store/delegates.ts";
 
@@ -84,6 +85,47 @@ export interface AuthOptions {
 
 /** Clock skew tolerated on `iat` and `exp`, seconds. */
 export const CLOCK_SKEW_SECONDS = 60;
+
+/**
+ * Whether a request may use open access (local development, no
+ * `ADMIN_TOKEN`): it names this machine (`Host` is `localhost` or a
+ * loopback address, so a DNS name rebound to 127.0.0.1 gets nothing), and,
+ * unless it only reads, it does not come from another site's page (its
+ * `Origin` is its own host, and the browser does not say `cross-site`).
+ * A request a proxy forwarded (it says so in `Forwarded` or
+ * `X-Forwarded-For`) comes from elsewhere, whatever its `Host`. Requests
+ * without these headers (curl, the CLI) are local.
+ */
+export function isLocalRequest(request: {
+  method: string;
+  url: string;
+  host?: string;
+  origin?: string;
+  secFetchSite?: string;
+  forwarded?: boolean;
+}): boolean {
+  if (request.forwarded) return false;
+  const host = request.host ?? new URL(request.url).host;
+  if (!_isLoopbackName(_hostname(host))) return false;
+  if (request.method === "GET" || request.method === "HEAD") return true;
+  if (request.secFetchSite === "cross-site") return false;
+  if (request.origin === undefined) return true;
+  // "null" (a sandboxed frame, a file) is another site too.
+  return URL.canParse(request.origin) &&
+    new URL(request.origin).host === host;
+}
+
+/** The host name of a `Host` header value (port and brackets dropped). */
+function _hostname(host: string): string {
+  return URL.canParse(`http://${host}`)
+    ? new URL(`http://${host}`).hostname
+    : "";
+}
+
+function _isLoopbackName(name: string): boolean {
+  const bare = name.replace(/^\[(.*)\]$/, "$1").toLowerCase();
+  return bare === "localhost" || classifyAddress(bare) === "loopback";
+}
 
 /**
  * Resolves the `Authorization` header to a principal.

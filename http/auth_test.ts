@@ -20,7 +20,7 @@ import {
 const OPERATOR = { authorization: `Bearer ${ADMIN_TOKEN}` };
 
 /** A harness with an admin token, a charm in each space, and their tokens. */
-async function _spaces(options: { deployed?: boolean; adminToken?: string } = {
+async function _spaces(options: { exposed?: boolean; adminToken?: string } = {
   adminToken: ADMIN_TOKEN,
 }) {
   const h = await harness(options);
@@ -491,8 +491,79 @@ Deno.test("without ADMIN_TOKEN locally the API is open, yet a presented token is
   );
 });
 
-Deno.test("deployed without ADMIN_TOKEN, anonymous requests get nothing", async () => {
-  await using h = await harness({ deployed: true });
+Deno.test("open access is for this machine: not a rebound Host, not another site's page", async () => {
+  // Local development: no ADMIN_TOKEN, not exposed.
+  await using h = await harness();
+  await createCounter(h, "c1", SPACE, {});
+  const disable = `/api/charms/${SPACE}/c1/disable`;
+  // curl and the CLI send no Origin: the operator.
+  await expectStatus(
+    200,
+    h.call("GET", "/api/charms", undefined, {
+      host: "127.0.0.1:8000",
+    }),
+  );
+  await expectStatus(
+    200,
+    h.call("POST", disable, undefined, {
+      host: "localhost:8000",
+    }),
+  );
+  // Forwarded by a proxy on this machine: from elsewhere, whatever its Host.
+  await _refused(
+    401,
+    "missing_token",
+    h.call("GET", "/api/charms", undefined, {
+      host: "127.0.0.1:8000",
+      "x-forwarded-for": "203.0.113.9",
+    }),
+  );
+  // A DNS name rebound to 127.0.0.1 names another host: nothing.
+  await _refused(
+    401,
+    "missing_token",
+    h.call("GET", "/api/charms", undefined, { host: "rebind.example:8000" }),
+  );
+  // A page on another site posting here (no preflight for a body-less
+  // POST): nothing, whether the browser says so in Origin or Sec-Fetch-Site.
+  await _refused(
+    401,
+    "missing_token",
+    h.call("POST", disable, undefined, {
+      host: "127.0.0.1:8000",
+      origin: "https://evil.example",
+    }),
+  );
+  await _refused(
+    401,
+    "missing_token",
+    h.call("POST", disable, undefined, {
+      host: "127.0.0.1:8000",
+      "sec-fetch-site": "cross-site",
+    }),
+  );
+  // The service's own pages post from their own origin.
+  await expectStatus(
+    200,
+    h.call("POST", disable, undefined, {
+      host: "127.0.0.1:8000",
+      origin: "http://127.0.0.1:8000",
+      "sec-fetch-site": "same-origin",
+    }),
+  );
+  // A token is checked as always, wherever the request comes from.
+  const owner = await h.tokenFor(await spaceIdentity());
+  await expectStatus(
+    200,
+    h.call("GET", `/api/charms/${SPACE}/c1`, undefined, {
+      host: "rebind.example:8000",
+      authorization: `Bearer ${owner}`,
+    }),
+  );
+});
+
+Deno.test("exposed (deployed, or HOST beyond loopback) without ADMIN_TOKEN, anonymous requests get nothing", async () => {
+  await using h = await harness({ exposed: true });
   await _refused(401, "missing_token", h.call("GET", "/api/charms"));
   await _refused(
     401,

@@ -79,7 +79,7 @@ export interface Harness extends AsyncDisposable {
 /** Options for {@linkcode harness}. */
 export interface HarnessOptions {
   adminToken?: string;
-  deployed?: boolean;
+  exposed?: boolean;
   integrationIds?: string[];
   queue?: (kv: Deno.Kv) => QueueDriver;
   /** The recipe registry (default: the service's `RECIPES`). */
@@ -105,7 +105,7 @@ export async function harness(options: HarnessOptions = {}): Promise<Harness> {
   const app = createApp(deps, {
     adminToken: options.adminToken ?? null,
     serviceDid,
-    deployed: options.deployed ?? false,
+    exposed: options.exposed ?? false,
     version: "1.2.3-test",
     startedAt: options.startedAt ?? T0,
     healthMaxTickAgeMs: MAX_TICK_AGE_MS,

@@ -1,11 +1,13 @@
 /**
  * The service's operator identity, chosen once at startup from the
  * environment: `IDENTITY` (a PKCS#8 PEM key file), else `OPERATOR_PASS` (a
- * passphrase), else a development default that is refused on Deno Deploy.
+ * passphrase), else a development default that is refused wherever the
+ * service is reachable from other machines.
  *
  * @module
  */
 import { ConfigError, toError } from "../lib/errors.ts";
+import { classifyAddress } from "../lib/net_guard.ts";
 import { Identity } from "./identity.ts";
 
 /**
@@ -26,6 +28,21 @@ export interface LoadedIdentity {
 /** `true` on Deno Deploy, which sets `DENO_DEPLOYMENT_ID`. */
 export function isDeployed(env: Record<string, string | undefined>): boolean {
   return (env.DENO_DEPLOYMENT_ID ?? "") !== "";
+}
+
+/**
+ * `true` when other machines can reach the service: on Deno Deploy, or
+ * listening on an address other than loopback (`HOST`, default
+ * `127.0.0.1`). Then nothing is granted for being local: no open access
+ * without `ADMIN_TOKEN`, no public development identity, and webhooks may
+ * not reach private addresses. Only a loopback listener is local
+ * development.
+ */
+export function isExposed(env: Record<string, string | undefined>): boolean {
+  if (isDeployed(env)) return true;
+  const host = (env.HOST || "127.0.0.1").replace(/^\[(.*)\]$/, "$1");
+  if (host.toLowerCase() === "localhost") return false;
+  return classifyAddress(host) !== "loopback";
 }
 
 /**
@@ -72,6 +89,20 @@ export async function loadIdentity(
   if (isDeployed(env)) {
     throw new ConfigError(
       "IDENTITY: not set, nor OPERATOR_PASS; the development identity is refused on Deno Deploy (DENO_DEPLOYMENT_ID is set): set IDENTITY to a PKCS#8 Ed25519 key file or OPERATOR_PASS to a secret passphrase",
+    );
+  }
+  // Its passphrase is public: anyone could sign operator tokens with it.
+  // Refused wherever strangers can reach the service, and wherever the
+  // operator has shown they mean to keep them out (an ADMIN_TOKEN: a
+  // loopback HOST behind a proxy, say).
+  const why = isExposed(env)
+    ? `HOST (${env.HOST}) is not a loopback address`
+    : env.ADMIN_TOKEN
+    ? "ADMIN_TOKEN is set"
+    : null;
+  if (why !== null) {
+    throw new ConfigError(
+      `IDENTITY: not set, nor OPERATOR_PASS; the development identity is refused when ${why}, since its passphrase is public: set IDENTITY to a PKCS#8 Ed25519 key file or OPERATOR_PASS to a secret passphrase`,
     );
   }
   return {

@@ -5,6 +5,7 @@ import { Identity } from "./identity.ts";
 import {
   DEVELOPMENT_PASSPHRASE,
   isDeployed,
+  isExposed,
   loadIdentity,
 } from "./load_identity.ts";
 
@@ -69,6 +70,45 @@ Deno.test("loadIdentity() refuses the development identity on Deno Deploy", asyn
   // Deployed with a passphrase is fine.
   const loaded = await loadIdentity({ ...DEPLOYED, OPERATOR_PASS: "s3cret" });
   assert.equal(loaded.source, "OPERATOR_PASS");
+});
+
+Deno.test("isExposed(): Deno Deploy, or any HOST but loopback", () => {
+  for (
+    const host of ["", "127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"]
+  ) {
+    assert.equal(isExposed({ HOST: host }), false, host);
+  }
+  for (
+    const host of ["0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "example.com"]
+  ) {
+    assert.equal(isExposed({ HOST: host }), true, host);
+  }
+  assert.equal(isExposed({ ...DEPLOYED, HOST: "127.0.0.1" }), true);
+});
+
+Deno.test("loadIdentity() refuses the development identity on a HOST beyond loopback", async () => {
+  await assert.rejects(
+    () => loadIdentity({ HOST: "0.0.0.0" }),
+    (error: Error) => {
+      assert.ok(error instanceof ConfigError);
+      assert.match(
+        error.message,
+        /^IDENTITY: not set, nor OPERATOR_PASS; the development identity is refused when HOST \(0\.0\.0\.0\) is not a loopback address/,
+      );
+      return true;
+    },
+  );
+  const loaded = await loadIdentity({
+    HOST: "0.0.0.0",
+    OPERATOR_PASS: "s3cret",
+  });
+  assert.equal(loaded.source, "OPERATOR_PASS");
+  // On loopback too once an ADMIN_TOKEN shows the operator keeps strangers
+  // out (behind a proxy, say).
+  await assert.rejects(
+    () => loadIdentity({ HOST: "127.0.0.1", ADMIN_TOKEN: "t" }),
+    /the development identity is refused when ADMIN_TOKEN is set/,
+  );
 });
 
 Deno.test("loadIdentity() names IDENTITY and the path when the key file is missing or bad", async () => {

@@ -203,7 +203,7 @@ Deno.test("invalid_grant parks the charm without retries, and the fan-out skips 
   const app = createApp(h.deps, {
     adminToken: null,
     serviceDid: (await operatorIdentity()).did,
-    deployed: false,
+    exposed: false,
     version: "test",
     startedAt: T0,
     healthMaxTickAgeMs: 180_000,

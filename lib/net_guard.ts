@@ -71,14 +71,17 @@ export type UrlVerdict =
 /** How long a URL check waits for DNS. */
 const DNS_TIMEOUT_MS = 5_000;
 
-/** Builds the policy: restricted when deployed. */
+/**
+ * Builds the policy: restricted when the service is exposed (on Deno Deploy
+ * or listening beyond loopback: `isExposed` in `identity/load_identity.ts`).
+ */
 export function egressPolicy(options: {
-  deployed: boolean;
+  exposed: boolean;
   allowedHosts?: readonly string[];
   resolveDns?: EgressPolicy["resolveDns"];
 }): EgressPolicy {
   return {
-    restricted: options.deployed,
+    restricted: options.exposed,
     allowedHosts: (options.allowedHosts ?? []).map(_normalizeHost),
     resolveDns: options.resolveDns ??
       ((name, type, opts) =>

@@ -139,7 +139,7 @@ function policy(
   const lookups: string[] = [];
   return {
     ...egressPolicy({
-      deployed: options.deployed ?? true,
+      exposed: options.deployed ?? true,
       allowedHosts: options.allowedHosts ?? [],
       resolveDns: (name, type) => {
         lookups.push(`${name} ${type}`);

@@ -50,7 +50,7 @@ async function deployedDeps(
     queue,
     now: () => NOW,
     egress: egressPolicy({
-      deployed: true,
+      exposed: true,
       allowedHosts: parseHostList(allowedHosts),
       resolveDns: fakeDns(dns),
     }),
@@ -83,7 +83,7 @@ Deno.test("deployed: POST /api/charms refuses a webhook at a private host with 4
   const app = createApp(deps, {
     adminToken: ADMIN,
     serviceDid: (await operatorIdentity()).did,
-    deployed: true,
+    exposed: true,
     version: "test",
     startedAt: NOW,
     healthMaxTickAgeMs: 180_000,

@@ -12,7 +12,7 @@ import type { Config } from "../config/config.ts";
 import { dispatch } from "../handlers/dispatch.ts";
 import { resumeInterruptedFanouts } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
-import { isDeployed } from "../identity/load_identity.ts";
+import { isExposed } from "../identity/load_identity.ts";
 import type { Integration } from "../integrations/integration.ts";
 import { ConflictError, NotFoundError, toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
@@ -115,7 +115,7 @@ export function createService(
     drainBudgetMs: options.worker === "cron" ? config.drainBudgetMs : null,
     secrets: options.secrets ?? null,
     egress: options.egress ?? egressPolicy({
-      deployed: isDeployed(options.env),
+      exposed: isExposed(options.env),
       allowedHosts: config.webhookAllowedHosts,
     }),
     signer: options.signer ?? null,

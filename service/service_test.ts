@@ -186,3 +186,20 @@ Deno.test("sweepAndReport() moves undelivered messages into the dead letters", a
     kv.close();
   }
 });
+
+Deno.test("createService() restricts webhooks' egress when exposed: Deno Deploy or a HOST beyond loopback", async () => {
+  using kv = await Deno.openKv(":memory:");
+  const egressWith = (env: Record<string, string>) =>
+    createService(config(["--integration=manual"]), {
+      kv,
+      queue: nativeQueue(kv),
+      allIntegrations: INTEGRATIONS,
+      recipes: RECIPES,
+      env,
+    }).deps.egress.restricted;
+  assert.equal(egressWith({}), false);
+  assert.equal(egressWith({ HOST: "127.0.0.1" }), false);
+  assert.equal(egressWith({ HOST: "0.0.0.0" }), true);
+  assert.equal(egressWith({ HOST: "10.1.2.3" }), true);
+  assert.equal(egressWith({ DENO_DEPLOYMENT_ID: "abc" }), true);
+});

@@ -36,7 +36,13 @@ Deno.test({
       // --interval=3600: no scheduled run in the test's time, only ours.
       await using service = await startService(
         ["--integration=manual", "--interval=3600", "--log-interval=3600"],
-        { KV_PATH: `${dir}/kv.sqlite3`, ADMIN_TOKEN, LOG_LEVEL: "info" },
+        {
+          KV_PATH: `${dir}/kv.sqlite3`,
+          ADMIN_TOKEN,
+          // An ADMIN_TOKEN refuses the public development identity.
+          OPERATOR_PASS: "dashboard test operator",
+          LOG_LEVEL: "info",
+        },
       );
       const operator = {
         "content-type": "application/json",

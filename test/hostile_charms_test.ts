@@ -155,7 +155,7 @@ Deno.test({
     const app = createApp(service.deps, {
       adminToken: null,
       serviceDid: SPACE,
-      deployed: false,
+      exposed: false,
       version: "test",
       startedAt: start,
       healthMaxTickAgeMs: 180_000,

@@ -20,6 +20,8 @@ for (
       KV_PATH: ":memory:",
       HOST: host,
       PORT: "0",
+      // A HOST beyond loopback needs a real operator identity first.
+      OPERATOR_PASS: "a startup test passphrase",
     });
     assert.equal(code, 2, stderr);
     const errors = stderr.trim().split("\n").filter((line) =>
@@ -110,4 +112,24 @@ Deno.test("main.ts warns at startup when gmail runs without a Google OAuth clien
   assert.equal(await manual.stop(), 0);
   assert.match(manual.output(), /Stopped/);
   assert.doesNotMatch(manual.output(), /GOOGLE_CLIENT_ID/);
+});
+
+Deno.test("main.ts refuses the public development identity on a HOST beyond loopback, before listening", async () => {
+  // Refused before Deno.serve: nothing listens on 0.0.0.0.
+  const { code, stderr } = await runMain(["--integration=manual"], {
+    KV_PATH: ":memory:",
+    HOST: "0.0.0.0",
+    PORT: "0",
+    ADMIN_TOKEN: "an admin token set, IDENTITY forgotten",
+  });
+  assert.equal(code, 2, stderr);
+  const errors = stderr.trim().split("\n").filter((line) =>
+    line.startsWith("error")
+  );
+  assert.equal(errors.length, 1, stderr);
+  assert.match(
+    errors[0]!,
+    /^error: IDENTITY: not set, nor OPERATOR_PASS; the development identity is refused when HOST \(0\.0\.0\.0\) is not a loopback address/,
+  );
+  assert.doesNotMatch(stderr, /Listening on/);
 });
