@@ -646,8 +646,15 @@ async function _act(
   return `${action === "enable" ? "Enabled" : "Disabled"}: ${ref.charmId}`;
 }
 
-/** Shows a notice passed back by a redirect (`?ok=` or `?error=`). */
+/**
+ * Shows a notice passed back by a redirect (`?ok=` or `?error=`): only to
+ * a page this site led to, so a link elsewhere cannot put its own words on
+ * the service's page (a browser says where a navigation came from in
+ * `Sec-Fetch-Site`).
+ */
 function _noticeFromQuery(c: Context<AppEnv>): Notice | undefined {
+  const from = c.req.header("sec-fetch-site");
+  if (from !== undefined && from !== "same-origin") return undefined;
   const ok = c.req.query("ok");
   if (ok) return { kind: "ok", text: ok.slice(0, 200) };
   const error = c.req.query("error");

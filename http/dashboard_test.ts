@@ -210,8 +210,20 @@ Deno.test("in local development, dashboard forms redirect back to / with a notic
   assert.equal(res.status, 303);
   const location = res.headers.get("location") ?? "";
   assert.match(location, /^\/\?ok=Disabled/);
-  const back = await _page(h, { path: location });
+  // The browser follows the redirect from this site.
+  const back = await _page(h, {
+    path: location,
+    headers: { "sec-fetch-site": "same-origin" },
+  });
   assert.match(back.text, /class="notice ok"[^>]*>Disabled: c1</);
+  // A link from elsewhere with its own words shows nothing of them.
+  const lure = "Session expired: paste your token at evil.example";
+  const linked = await _page(h, {
+    path: `/?error=${encodeURIComponent(lure)}`,
+    headers: { "sec-fetch-site": "cross-site" },
+  });
+  assert.ok(!linked.text.includes("evil.example"));
+  assert.doesNotMatch(linked.text, /class="notice (ok|error)"/);
   // Running a disabled charm: the conflict comes back as an error notice.
   const conflict = await _page(h, { path: `${base}/run`, ..._form({}) });
   assert.equal(conflict.res.status, 303);

@@ -147,6 +147,15 @@ export const webhookRecipe = defineRecipe({
             } replied ${response.status} with malformed JSON`,
           );
         }
+        // Checking and copying a cell recurses into it: a reply nested
+        // deeper than any real one would overflow the stack, every retry.
+        if (_depth(result) > MAX_RESULT_DEPTH) {
+          throw new NonRetriableError(
+            `Webhook ${
+              _origin(url)
+            } replied with a result nested too deeply (over ${MAX_RESULT_DEPTH} levels)`,
+          );
+        }
       }
       const previous = ctx.result.get();
       ctx.result.set({
@@ -158,6 +167,23 @@ export const webhookRecipe = defineRecipe({
     },
   },
 });
+
+/** How deep a stored reply's `result` may nest. */
+const MAX_RESULT_DEPTH = 64;
+
+/** How deep `value` nests (0 for a scalar), counted without recursion. */
+function _depth(value: unknown): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length > 0) {
+    const [item, depth] = stack.pop()!;
+    if (item === null || typeof item !== "object") continue;
+    deepest = Math.max(deepest, depth + 1);
+    if (deepest > MAX_RESULT_DEPTH) return deepest;
+    for (const child of Object.values(item)) stack.push([child, depth + 1]);
+  }
+  return deepest;
+}
 
 /** The body as text, or `null` when it is longer than `maxBytes`. */
 async function _readCapped(

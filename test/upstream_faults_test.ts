@@ -351,6 +351,24 @@ Deno.test("webhook: a reply larger than a cell fails the slot at once, storing n
   assert.deepEqual(await t.result(), INITIAL_RESULT);
 });
 
+Deno.test("webhook: a reply nested too deeply to check fails the slot at once, storing nothing", async () => {
+  await using receiver = startWebhookReceiver();
+  const depth = 25_000;
+  receiver.reply("/hook", {
+    status: 200,
+    rawBody: `{"result":${"[".repeat(depth)}${"]".repeat(depth)}}`,
+  });
+  await using t = await setup(`${receiver.url}/hook`, { maxRetries: 2 });
+  const steps = await t.runSlot();
+
+  // Not retried: the same reply would come back.
+  assert.deepEqual(steps.map((s) => s.outcome), ["failed"]);
+  await t.assertSettled("failed");
+  const state = await t.state();
+  assert.match(state.lastError ?? "", /^NonRetriableError: .*nested too deeply/);
+  assert.deepEqual(await t.result(), INITIAL_RESULT);
+});
+
 Deno.test("webhook: a 2xx reply with malformed JSON fails with an error naming it", async () => {
   await using receiver = startWebhookReceiver();
   receiver.reply("/hook", { status: 200, rawBody: '{"result": [1, 2' });
