@@ -84,7 +84,12 @@ async function joseVerify(
 
 /** The `verifyWebhook` of docs/webhooks.md, loaded from the doc itself. */
 async function docsVerifier(): Promise<
-  (request: Request, did: string, maxAgeSeconds?: number) => Promise<Uint8Array>
+  (
+    request: Request,
+    did: string,
+    myUrl: string,
+    maxAgeSeconds?: number,
+  ) => Promise<Uint8Array>
 > {
   const doc = await Deno.readTextFile(
     new URL("../docs/webhooks.md", import.meta.url),
@@ -179,6 +184,7 @@ Deno.test("the verify snippet in docs/webhooks.md accepts the service's request 
   await using hook = receiver();
   assert.equal(await runWebhook(`${hook.url}/run`, Date.now()), "succeeded");
   const { headers, body } = hook.got[0]!;
+  const url = `${hook.url}/run`;
   const did = (await Identity.fromPassphrase(TEST_SIGNER_PASSPHRASE)).did;
   const request = (b: Uint8Array, h: Headers = headers) =>
     new Request("http://receiver/run", {
@@ -187,22 +193,26 @@ Deno.test("the verify snippet in docs/webhooks.md accepts the service's request 
       body: b as Uint8Array<ArrayBuffer>,
     });
 
-  assert.deepEqual(await verifyWebhook(request(body), did), body);
+  assert.deepEqual(await verifyWebhook(request(body), did, url), body);
 
   const tampered = body.slice();
   tampered[tampered.length - 2] = tampered[tampered.length - 2]! ^ 1;
-  await assert.rejects(verifyWebhook(request(tampered), did), /bad signature/);
+  await assert.rejects(
+    verifyWebhook(request(tampered), did, url),
+    /bad signature/,
+  );
   await assert.rejects(
     verifyWebhook(
       request(body),
       (await Identity.fromPassphrase("someone else")).did,
+      url,
     ),
     /do not trust/,
   );
   const unsigned = new Headers(headers);
   unsigned.delete("bcs-signature");
   await assert.rejects(
-    verifyWebhook(request(body, unsigned), did),
+    verifyWebhook(request(body, unsigned), did, url),
     /missing or malformed/,
   );
 
@@ -213,7 +223,13 @@ Deno.test("the verify snippet in docs/webhooks.md accepts the service's request 
     { url: `${hook.url}/run`, nowMs: Date.now() - 600_000 },
   );
   await assert.rejects(
-    verifyWebhook(request(body, new Headers(old)), did),
+    verifyWebhook(request(body, new Headers(old)), did, url),
     /stale signature/,
+  );
+
+  // Signed for another receiver: a replay to this one.
+  await assert.rejects(
+    verifyWebhook(request(body), did, "https://hooks.example.com/run"),
+    /signed for another URL/,
   );
 });

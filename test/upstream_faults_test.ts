@@ -365,7 +365,10 @@ Deno.test("webhook: a reply nested too deeply to check fails the slot at once, s
   assert.deepEqual(steps.map((s) => s.outcome), ["failed"]);
   await t.assertSettled("failed");
   const state = await t.state();
-  assert.match(state.lastError ?? "", /^NonRetriableError: .*nested too deeply/);
+  assert.match(
+    state.lastError ?? "",
+    /^NonRetriableError: .*nested too deeply/,
+  );
   assert.deepEqual(await t.result(), INITIAL_RESULT);
 });
 
