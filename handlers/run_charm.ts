@@ -918,15 +918,30 @@ async function _finish(
   // What is stored: secret fields sealed (the checks above saw plaintext).
   const storedCells: Finished["storedCells"] = {};
   if (execution.ok && recipe !== undefined) {
-    for (const [name, value] of Object.entries(execution.cells)) {
-      const cell = name as "argument" | "result";
-      storedCells[cell] = await encodeCell(
-        deps.secrets,
-        recipe,
-        ref,
-        cell,
-        value,
-      );
+    try {
+      for (const [name, value] of Object.entries(execution.cells)) {
+        const cell = name as "argument" | "result";
+        storedCells[cell] = await encodeCell(
+          deps.secrets,
+          recipe,
+          ref,
+          cell,
+          value,
+        );
+      }
+    } catch (error) {
+      // Too large once sealed: the same output would be, every retry.
+      if (!(error instanceof TypeError)) throw error;
+      return {
+        execution: {
+          ok: false,
+          durationMs: execution.durationMs,
+          error: new NonRetriableError(
+            `Recipe "${recipe.name}" wrote ${error.message}`,
+          ),
+        },
+        storedCells: {},
+      };
     }
   }
   return { execution, storedCells };

@@ -27,6 +27,7 @@ import {
   type SecretKeys,
 } from "../lib/secrets.ts";
 import { cellKey, type CellName, charmsPrefix } from "./keys.ts";
+import { cellSize, MAX_CELL_BYTES } from "./kv_util.ts";
 
 /** What a redacted secret reads as in API replies. */
 export const REDACTED = "[redacted]";
@@ -37,6 +38,10 @@ export type SecretPathsOf = Pick<AnyRecipe, "secretPaths">;
 /**
  * The cell value to store: `value` with each secret field sealed under the
  * current key. Returns `value` itself when there is nothing to seal.
+ *
+ * @throws {TypeError} naming the cell when sealing makes it larger than a
+ *   cell may be (sealed fields grow by about a third): callers checked the
+ *   plaintext's size, and KV would refuse the value.
  */
 export async function encodeCell(
   keys: SecretKeys | null,
@@ -57,6 +62,12 @@ export async function encodeCell(
       keys,
       field,
       _context(ref, cell, path),
+    );
+  }
+  const size = cellSize(copy);
+  if (size > MAX_CELL_BYTES) {
+    throw new TypeError(
+      `${cell}: ${size} bytes once its secret fields are sealed, over the ${MAX_CELL_BYTES}-byte cell limit`,
     );
   }
   return copy;

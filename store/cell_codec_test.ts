@@ -195,6 +195,50 @@ Deno.test("POST /api/charms stores no plaintext token in KV; GET shows it redact
   ]);
 });
 
+Deno.test("an argument that fits as plaintext but not once sealed is a 400 naming the argument, writing nothing", async () => {
+  await using h = await harness();
+  // "ł" is two bytes as plaintext and in UTF-8; sealing the tokens (base64
+  // of their UTF-8) grows them by a third, and the scopes (not secret) fill
+  // the rest of the cell, the request staying under the 64 KiB body limit.
+  const token = "ł".repeat(4096);
+  const scope = Array.from({ length: 42 }, () => "ł".repeat(512));
+  const create = await h.call("POST", "/api/charms", {
+    space: SPACE,
+    recipe: "gmail-importer",
+    charmId: "mail",
+    argument: { auth: { token, refreshToken: token, scope } },
+  });
+  assert.equal(create.status, 400, await create.clone().text());
+  assert.match(
+    (await create.json()).error,
+    /^argument: \d+ bytes once its secret fields are sealed, over the \d+-byte cell limit$/,
+  );
+  assert.equal((await h.deps.kv.get(cellKey(REF, "argument"))).value, null);
+  // The same through PUT …/argument on a charm that exists.
+  await expectStatus(
+    201,
+    h.call("POST", "/api/charms", {
+      space: SPACE,
+      recipe: "gmail-importer",
+      charmId: "mail",
+      argument: { auth: { token: "ya29.small", refreshToken: "1//r" } },
+    }),
+  );
+  const before = await h.deps.kv.get(cellKey(REF, "argument"));
+  const put = await h.call("PUT", charmPath("mail", "/argument"), {
+    auth: { token, refreshToken: token, scope },
+  });
+  assert.equal(put.status, 400, await put.clone().text());
+  assert.match(
+    (await put.json()).error,
+    /^argument: \d+ bytes once its secret/,
+  );
+  assert.equal(
+    (await h.deps.kv.get(cellKey(REF, "argument"))).versionstamp,
+    before.versionstamp,
+  );
+});
+
 Deno.test("a token refresh writes the new token back sealed: KV holds no plaintext token", async () => {
   await using h = await googleHarness();
   h.fake.mailbox.add({ id: "m1" });
