@@ -5,7 +5,12 @@
  * @module
  */
 import type { DidKey } from "../charm/did.ts";
-import { spaceDelegateKey, spaceDelegatesPrefix } from "./keys.ts";
+import { ConflictError } from "../lib/errors.ts";
+import {
+  spaceDelegateKey,
+  spaceDelegatesPrefix,
+  spaceDelegatesVersionKey,
+} from "./keys.ts";
 
 /** A stored grant, at `spaceDelegateKey(space, did)`. */
 export interface Delegate {
@@ -25,6 +30,7 @@ export const MAX_DELEGATES_PER_SPACE = 100;
  * @returns `added: false` when the grant existed.
  * @throws {RangeError} when the space already has
  *   {@linkcode MAX_DELEGATES_PER_SPACE} delegates.
+ * @throws {ConflictError} when other grants in the space kept winning.
  */
 export async function addDelegate(
   kv: Deno.Kv,
@@ -34,20 +40,31 @@ export async function addDelegate(
   nowMs: number,
 ): Promise<{ added: boolean }> {
   const key = spaceDelegateKey(space, did);
-  if ((await kv.get(key)).value !== null) return { added: false };
-  const existing = await listDelegates(kv, space);
-  if (existing.length >= MAX_DELEGATES_PER_SPACE) {
-    throw new RangeError(
-      `Cannot add delegate ${did} to space ${space}: it already has ${MAX_DELEGATES_PER_SPACE}, the most allowed`,
-    );
+  const versionKey = spaceDelegatesVersionKey(space);
+  for (let attempt = 0; attempt < 20; attempt++) {
+    // The version first: a grant committed after this read fails our check,
+    // so the count below cannot miss it.
+    const version = await kv.get(versionKey);
+    if ((await kv.get(key)).value !== null) return { added: false };
+    const existing = await listDelegates(kv, space);
+    if (existing.length >= MAX_DELEGATES_PER_SPACE) {
+      throw new RangeError(
+        `Cannot add delegate ${did} to space ${space}: it already has ${MAX_DELEGATES_PER_SPACE}, the most allowed`,
+      );
+    }
+    const delegate: Delegate = { did, addedAt: nowMs, addedBy };
+    const { ok } = await kv.atomic()
+      .check(version)
+      .check({ key, versionstamp: null })
+      .sum(versionKey, 1n)
+      .set(key, delegate)
+      .commit();
+    if (ok) return { added: true };
+    // Another grant in this space committed meanwhile: count again.
   }
-  const delegate: Delegate = { did, addedAt: nowMs, addedBy };
-  const { ok } = await kv.atomic()
-    .check({ key, versionstamp: null })
-    .set(key, delegate)
-    .commit();
-  // A failed check means a concurrent request added it: the grant exists.
-  return { added: ok };
+  throw new ConflictError(
+    `Cannot add delegate ${did} to space ${space}: too many grants at once; try again`,
+  );
 }
 
 /** Revokes `did`'s access to `space`; `false` when it had none. */
@@ -64,7 +81,11 @@ export async function removeDelegate(
   return ok;
 }
 
-/** A space's delegates, at most {@linkcode MAX_DELEGATES_PER_SPACE}. */
+/**
+ * A space's delegates: at most {@linkcode MAX_DELEGATES_PER_SPACE}, but
+ * listed up to a page of 1000, so grants an older version let past the cap
+ * (two at once) still show, to be revoked.
+ */
 export async function listDelegates(
   kv: Deno.Kv,
   space: DidKey,
@@ -72,7 +93,7 @@ export async function listDelegates(
   const delegates: Delegate[] = [];
   for await (
     const entry of kv.list<Delegate>({ prefix: spaceDelegatesPrefix(space) }, {
-      limit: MAX_DELEGATES_PER_SPACE,
+      limit: 1000,
     })
   ) {
     delegates.push(entry.value);

@@ -99,6 +99,14 @@ export function spaceDelegatesPrefix(space: string): Deno.KvKey {
 }
 
 /**
+ * Bumped (with `sum`) by every grant in a space: grants check it, so two at
+ * once cannot both pass the count of {@linkcode spaceDelegatesPrefix}.
+ */
+export function spaceDelegatesVersionKey(space: string): Deno.KvKey {
+  return ["space_delegates_version", space];
+}
+
+/**
  * How many runs finished as `state` in the 5-minute bucket starting at
  * `bucketStartMs`: a `KvU64` summed in each run's outcome commit, for the
  * dashboard's last-hour counts.
