@@ -14,24 +14,46 @@
 import type { Context, MiddlewareHandler } from "hono";
 import { readCapped } from "../lib/read_capped.ts";
 
+/** How long a request's body may take to arrive, by default. */
+export const BODY_TIMEOUT_MS = 10_000;
+
 /**
  * Refuses a request whose body is over `maxSize` bytes with `onError`: at
  * once from its `content-length`, else counted as it streams in (a chunked
- * body, or one without a length), then handed on buffered.
+ * body, or one without a length). A body that takes longer than
+ * `timeoutMs` to arrive is a 408 (a client trickling bytes to hold a
+ * connection open). The body is handed on buffered.
  */
 export function bodyLimit(
   maxSize: number,
   onError: (c: Context) => Response | Promise<Response>,
+  { timeoutMs = BODY_TIMEOUT_MS }: { timeoutMs?: number } = {},
 ): MiddlewareHandler {
   return async (c, next) => {
     const raw = c.req.raw;
     if (raw.body === null) return await next();
     const length = raw.headers.get("content-length");
-    if (length !== null && !raw.headers.has("transfer-encoding")) {
-      if (Number(length) > maxSize) return await onError(c);
-      return await next();
+    if (
+      length !== null && !raw.headers.has("transfer-encoding") &&
+      Number(length) > maxSize
+    ) {
+      return await onError(c);
     }
-    const body = await readCapped(raw.body, maxSize);
+    let body: Uint8Array<ArrayBuffer> | null;
+    try {
+      body = await readCapped(
+        raw.body,
+        maxSize,
+        AbortSignal.timeout(timeoutMs),
+      );
+    } catch (error) {
+      if (!(error instanceof DOMException && error.name === "TimeoutError")) {
+        throw error;
+      }
+      return c.json({
+        error: `body: not received within ${timeoutMs / 1000} s`,
+      }, 408);
+    }
     if (body === null) return await onError(c);
     c.req.raw = new Request(raw.url, {
       method: raw.method,

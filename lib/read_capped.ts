@@ -9,16 +9,37 @@
 /**
  * Reads `stream` to the end into one array, or returns `null` (and cancels
  * the stream) as soon as it is longer than `maxBytes`.
+ *
+ * @param signal when it aborts, the stream is cancelled and the read
+ *   rejects with its reason (a sender too slow to wait for, say)
  */
 export async function readCapped(
   stream: ReadableStream<Uint8Array>,
   maxBytes: number,
+  signal?: AbortSignal,
+): Promise<Uint8Array<ArrayBuffer> | null> {
+  const reader = stream.getReader();
+  const abort = () => void reader.cancel(signal?.reason).catch(() => {});
+  signal?.throwIfAborted();
+  signal?.addEventListener("abort", abort, { once: true });
+  try {
+    return await _read(reader, maxBytes, signal);
+  } finally {
+    signal?.removeEventListener("abort", abort);
+  }
+}
+
+async function _read(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  maxBytes: number,
+  signal: AbortSignal | undefined,
 ): Promise<Uint8Array<ArrayBuffer> | null> {
   const chunks: Uint8Array[] = [];
   let size = 0;
-  const reader = stream.getReader();
   while (true) {
     const { done, value } = await reader.read();
+    // A cancelled read ends as if done: say why instead.
+    signal?.throwIfAborted();
     if (done) break;
     size += value.byteLength;
     if (size > maxBytes) {
