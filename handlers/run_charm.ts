@@ -57,7 +57,11 @@ import {
 import { logger } from "../lib/log.ts";
 import { type Delivery, directDelivery } from "../queue/queue.ts";
 import type { ServiceDeps, TimerId } from "../service/deps.ts";
-import { decodeCell, encodeCell } from "../store/cell_codec.ts";
+import {
+  CellTooLargeError,
+  decodeCell,
+  encodeCell,
+} from "../store/cell_codec.ts";
 import { readCharmAndCells, writeCharmState } from "../store/charms.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import { countRun } from "../store/recent_runs.ts";
@@ -931,7 +935,7 @@ async function _finish(
       }
     } catch (error) {
       // Too large once sealed: the same output would be, every retry.
-      if (!(error instanceof TypeError)) throw error;
+      if (!(error instanceof CellTooLargeError)) throw error;
       return {
         execution: {
           ok: false,

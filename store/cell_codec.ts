@@ -29,6 +29,14 @@ import {
 import { cellKey, type CellName, charmsPrefix } from "./keys.ts";
 import { cellSize, MAX_CELL_BYTES } from "./kv_util.ts";
 
+/**
+ * A cell too large once its secret fields are sealed. A `TypeError`, so the
+ * API answers it with a 400 like any other bad input.
+ */
+export class CellTooLargeError extends TypeError {
+  override name = "CellTooLargeError";
+}
+
 /** What a redacted secret reads as in API replies. */
 export const REDACTED = "[redacted]";
 
@@ -39,7 +47,7 @@ export type SecretPathsOf = Pick<AnyRecipe, "secretPaths">;
  * The cell value to store: `value` with each secret field sealed under the
  * current key. Returns `value` itself when there is nothing to seal.
  *
- * @throws {TypeError} naming the cell when sealing makes it larger than a
+ * @throws {CellTooLargeError} naming the cell when sealing makes it larger than a
  *   cell may be (sealed fields grow by about a third): callers checked the
  *   plaintext's size, and KV would refuse the value.
  */
@@ -66,7 +74,7 @@ export async function encodeCell(
   }
   const size = cellSize(copy);
   if (size > MAX_CELL_BYTES) {
-    throw new TypeError(
+    throw new CellTooLargeError(
       `${cell}: ${size} bytes once its secret fields are sealed, over the ${MAX_CELL_BYTES}-byte cell limit`,
     );
   }
@@ -133,6 +141,8 @@ export interface ReencryptReport {
   rewritten: number;
   /** Cells left as they were: a sealed value no configured key opens. */
   unreadable: number;
+  /** Cells left as they were: plaintext too large to fit once sealed. */
+  tooLarge: number;
 }
 
 /**
@@ -147,10 +157,17 @@ export async function reencryptSecrets(
   kv: Deno.Kv,
   recipes: ReadonlyMap<string, SecretPathsOf>,
   keys: SecretKeys,
-  onUnreadable: (ref: CharmRef, error: SecretDecryptionError) => void =
-    () => {},
+  onUnreadable: (
+    ref: CharmRef,
+    error: SecretDecryptionError | CellTooLargeError,
+  ) => void = () => {},
 ): Promise<ReencryptReport> {
-  const report: ReencryptReport = { checked: 0, rewritten: 0, unreadable: 0 };
+  const report: ReencryptReport = {
+    checked: 0,
+    rewritten: 0,
+    unreadable: 0,
+    tooLarge: 0,
+  };
   for await (const entry of kv.list<Charm>({ prefix: charmsPrefix() })) {
     const recipe = recipes.get(entry.value.recipe);
     if (recipe?.secretPaths === undefined) continue;
@@ -182,11 +199,18 @@ export async function reencryptSecrets(
         onUnreadable(ref, error);
         continue;
       }
+      let sealed: unknown;
+      try {
+        sealed = await encodeCell(keys, recipe, ref, cell, plain);
+      } catch (error) {
+        // Left in plaintext, reported: one cell does not stop the pass.
+        if (!(error instanceof CellTooLargeError)) throw error;
+        report.tooLarge++;
+        onUnreadable(ref, error);
+        continue;
+      }
       const { ok } = await kv.atomic().check(stored)
-        .set(
-          cellKey(ref, cell),
-          await encodeCell(keys, recipe, ref, cell, plain),
-        )
+        .set(cellKey(ref, cell), sealed)
         .commit();
       if (ok) report.rewritten++;
     }
@@ -199,7 +223,11 @@ export function describeReencryptReport(
   report: ReencryptReport,
   keys: SecretKeys,
 ): string {
-  return `secrets: ${report.checked} charm(s) with secret fields, ${report.rewritten} cell(s) re-encrypted with key ${keys.current.kid}, ${report.unreadable} unreadable`;
+  return `secrets: ${report.checked} charm(s) with secret fields, ${report.rewritten} cell(s) re-encrypted with key ${keys.current.kid}, ${report.unreadable} unreadable${
+    report.tooLarge > 0
+      ? `, ${report.tooLarge} too large to seal (left in plaintext)`
+      : ""
+  }`;
 }
 
 /** The additional data binding a sealed field to its place. */

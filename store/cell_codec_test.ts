@@ -11,13 +11,14 @@ import {
 import { SPACE } from "../test/test_deps.ts";
 import {
   decodeCell,
+  describeReencryptReport,
   encodeCell,
   redactCell,
   REDACTED,
   reencryptSecrets,
 } from "./cell_codec.ts";
 import { createCharm, registerCharm } from "./charms.ts";
-import { cellKey } from "./keys.ts";
+import { cellKey, charmKey } from "./keys.ts";
 
 const GMAIL = RECIPES.get("gmail-importer")!;
 const REF: CharmRef = { space: SPACE, charmId: "mail" };
@@ -380,7 +381,12 @@ Deno.test("reencryptSecrets() reseals plaintext and old-key fields under the cur
     rotating,
     (ref) => unreadable.push(ref.charmId),
   );
-  assert.deepEqual(report, { checked: 3, rewritten: 2, unreadable: 1 });
+  assert.deepEqual(report, {
+    checked: 3,
+    rewritten: 2,
+    unreadable: 1,
+    tooLarge: 0,
+  });
   assert.deepEqual(unreadable, ["stranger"]);
   for (const ref of refs.slice(0, 2)) {
     const stored = (await kv.get(cellKey(ref, "argument"))).value;
@@ -392,6 +398,50 @@ Deno.test("reencryptSecrets() reseals plaintext and old-key fields under the cur
   }
   assert.deepEqual(
     await reencryptSecrets(kv, RECIPES, rotating),
-    { checked: 3, rewritten: 0, unreadable: 1 },
+    { checked: 3, rewritten: 0, unreadable: 1, tooLarge: 0 },
+  );
+});
+
+Deno.test("reencryptSecrets() leaves a cell too large to seal in plaintext, reports it, and goes on", async () => {
+  using kv = await Deno.openKv(":memory:");
+  const recipe = { secretPaths: { argument: [["auth", "token"]] } };
+  const recipes = new Map([["secretive", recipe]]);
+  // Stored before SECRETS_KEY was set (plaintext): 50 KB fits as it is, not
+  // once sealed (base64 and the envelope add a third).
+  const big: CharmRef = { space: SPACE, charmId: "a-big" };
+  const small: CharmRef = { space: SPACE, charmId: "b-small" };
+  for (
+    const [ref, token] of [[big, "x".repeat(50_000)], [small, "t"]] as const
+  ) {
+    await kv.set(charmKey(ref), { ...ref, recipe: "secretive" });
+    await kv.set(cellKey(ref, "argument"), { auth: { token } });
+  }
+  const secrets = await keys(NEW_KEY);
+  const reported: string[] = [];
+  const report = await reencryptSecrets(
+    kv,
+    recipes,
+    secrets,
+    (ref, error) => reported.push(`${ref.charmId}: ${error.message}`),
+  );
+  assert.deepEqual(report, {
+    checked: 2,
+    rewritten: 1,
+    unreadable: 0,
+    tooLarge: 1,
+  });
+  assert.equal(reported.length, 1);
+  assert.match(
+    reported[0]!,
+    /^a-big: argument: \d+ bytes once its secret fields are sealed/,
+  );
+  // The charm after it was sealed all the same.
+  const after = await kv.get<{ auth: { token: unknown } }>(
+    cellKey(small, "argument"),
+  );
+  assert.ok(isSealed(after.value?.auth.token));
+  assert.match(
+    describeReencryptReport(report, secrets),
+    /, 1 too large to seal \(left in plaintext\)$/,
   );
 });
