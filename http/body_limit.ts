@@ -40,19 +40,27 @@ export function bodyLimit(
       return await onError(c);
     }
     let body: Uint8Array<ArrayBuffer> | null;
+    const deadline = new AbortController();
+    const timer = setTimeout(
+      () => deadline.abort(new DOMException("slow body", "TimeoutError")),
+      timeoutMs,
+    );
     try {
-      body = await readCapped(
-        raw.body,
-        maxSize,
-        AbortSignal.timeout(timeoutMs),
-      );
+      body = await readCapped(raw.body, maxSize, deadline.signal);
     } catch (error) {
-      if (!(error instanceof DOMException && error.name === "TimeoutError")) {
-        throw error;
+      if (error instanceof DOMException && error.name === "TimeoutError") {
+        return c.json({
+          error: `body: not received within ${timeoutMs / 1000} s`,
+        }, 408);
       }
-      return c.json({
-        error: `body: not received within ${timeoutMs / 1000} s`,
-      }, 408);
+      // The client went away mid-body: nobody is there to read an answer,
+      // and it is not the service's failure.
+      return c.json(
+        { error: "body: the connection closed before it ended" },
+        400,
+      );
+    } finally {
+      clearTimeout(timer);
     }
     if (body === null) return await onError(c);
     c.req.raw = new Request(raw.url, {

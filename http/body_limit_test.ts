@@ -51,3 +51,19 @@ Deno.test("bodyLimit() hands on a body that arrives in time, and refuses one too
   });
   assert.equal(streamed.status, 413);
 });
+
+Deno.test("bodyLimit() answers 400, not a 500, to a body cut off mid-way", async () => {
+  const res = await app(5_000).request("/", {
+    method: "POST",
+    body: new ReadableStream({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode("ab"));
+        controller.error(new Error("connection reset"));
+      },
+    }),
+  });
+  assert.equal(res.status, 400);
+  assert.deepEqual(await res.json(), {
+    error: "body: the connection closed before it ended",
+  });
+});

@@ -20,7 +20,10 @@ export async function readCapped(
 ): Promise<Uint8Array<ArrayBuffer> | null> {
   const reader = stream.getReader();
   const abort = () => void reader.cancel(signal?.reason).catch(() => {});
-  signal?.throwIfAborted();
+  if (signal?.aborted) {
+    abort();
+    throw signal.reason;
+  }
   signal?.addEventListener("abort", abort, { once: true });
   try {
     return await _read(reader, maxBytes, signal);
