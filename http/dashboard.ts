@@ -647,12 +647,17 @@ async function _act(
 }
 
 /**
- * Shows a notice passed back by a redirect (`?ok=` or `?error=`): only to
+ * Shows a notice passed back by a redirect (`?ok=` or `?error=`): only in
+ * local development, the one place the forms redirect with one, and only to
  * a page this site led to, so a link elsewhere cannot put its own words on
  * the service's page (a browser says where a navigation came from in
  * `Sec-Fetch-Site`).
  */
 function _noticeFromQuery(c: Context<AppEnv>): Notice | undefined {
+  const principal = c.get("principal");
+  if (principal.kind !== "operator" || principal.via !== "open") {
+    return undefined;
+  }
   const from = c.req.header("sec-fetch-site");
   if (from !== undefined && from !== "same-origin") return undefined;
   const ok = c.req.query("ok");

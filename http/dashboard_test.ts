@@ -224,6 +224,13 @@ Deno.test("in local development, dashboard forms redirect back to / with a notic
   });
   assert.ok(!linked.text.includes("evil.example"));
   assert.doesNotMatch(linked.text, /class="notice (ok|error)"/);
+  // An exposed service's forms never redirect with a notice: a link's text
+  // shows nowhere, whatever the browser sends or does not.
+  await using exposed = await harness({ exposed: true });
+  const shown = await _page(exposed, {
+    path: `/?error=${encodeURIComponent(lure)}`,
+  });
+  assert.ok(!shown.text.includes("evil.example"));
   // Running a disabled charm: the conflict comes back as an error notice.
   const conflict = await _page(h, { path: `${base}/run`, ..._form({}) });
   assert.equal(conflict.res.status, 303);
