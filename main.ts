@@ -208,7 +208,7 @@ try {
       if (config.adminToken === null && !exposed) {
         // The port it listens on: PORT=0 picks one.
         log.warn(
-          "ADMIN_TOKEN is not set: the API is open to anyone who can reach port {port} (local development)",
+          "ADMIN_TOKEN is not set: requests to localhost:{port} from this machine act as the operator without a token (local development)",
           { port },
         );
       }

@@ -54,7 +54,7 @@ export interface RunContext<A, R> {
    */
   prepared: unknown;
   /**
-   * Which hosts outbound requests may reach: when deployed, not private,
+   * Which hosts outbound requests may reach: outside local development, not private,
    * loopback or link-local ones (see `lib/net_guard.ts`).
    */
   egress: EgressPolicy;

@@ -61,6 +61,7 @@ import {
   ForbiddenError,
   isLocalRequest,
   missingToken,
+  namesThisMachine,
   type Principal,
   principalName,
   requireOperator,
@@ -161,6 +162,23 @@ export function createApp(
   };
 
   app.use("*", _requestLog());
+  if (authOptions.openAccess) {
+    // Local development answers only to this machine's names: a page whose
+    // DNS name was rebound to 127.0.0.1 could otherwise send anything, a
+    // token signed with the public development identity included.
+    app.use("*", async (c, next) => {
+      const host = c.req.header("host") ?? new URL(c.req.url).host;
+      if (c.req.path !== "/health" && !namesThisMachine(host)) {
+        return c.json({
+          error: `host: "${
+            host.slice(0, 100)
+          }" is not this machine; without ADMIN_TOKEN the service answers only to localhost and loopback addresses (set ADMIN_TOKEN to serve other names)`,
+          reason: "forbidden",
+        }, 403);
+      }
+      await next();
+    });
+  }
   app.use("*", async (c, next) => {
     // `/health` answers probes whatever they send; everything else needs a
     // presented token to be valid.

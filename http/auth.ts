@@ -11,7 +11,7 @@
  *   is the operator.
  *
  * With no token, a request is anonymous, except in local development (no
- * `ADMIN_TOKEN`, not deployed), where it is the operator, as the service
+ * `ADMIN_TOKEN`, not exposed), where it is the operator, as the service
  * always behaved there; a token presented is still checked.
  *
  * Failures throw {@linkcode UnauthenticatedError} (401) or
@@ -105,8 +105,8 @@ export function isLocalRequest(request: {
   forwarded?: boolean;
 }): boolean {
   if (request.forwarded) return false;
-  const host = request.host ?? new URL(request.url).host;
-  if (!_isLoopbackName(_hostname(host))) return false;
+  const host = _host(request.host ?? new URL(request.url).host);
+  if (host === null || !namesThisMachine(host)) return false;
   if (request.method === "GET" || request.method === "HEAD") return true;
   if (request.secFetchSite === "cross-site") return false;
   if (request.origin === undefined) return true;
@@ -115,16 +115,29 @@ export function isLocalRequest(request: {
     new URL(request.origin).host === host;
 }
 
-/** The host name of a `Host` header value (port and brackets dropped). */
-function _hostname(host: string): string {
-  return URL.canParse(`http://${host}`)
-    ? new URL(`http://${host}`).hostname
-    : "";
+/**
+ * Whether a `Host` header value names this machine: `localhost` or a
+ * loopback address, any port. In local development the service answers
+ * nothing else, so a page whose DNS name was rebound to 127.0.0.1 (same
+ * origin with itself, free to send any header) reaches nothing.
+ */
+export function namesThisMachine(host: string | undefined): boolean {
+  const normal = host === undefined ? null : _host(host);
+  if (normal === null) return false;
+  const name = new URL(`http://${normal}`).hostname.replace(/^\[(.*)\]$/, "$1")
+    .replace(/\.$/, "");
+  return name === "localhost" || classifyAddress(name) === "loopback";
 }
 
-function _isLoopbackName(name: string): boolean {
-  const bare = name.replace(/^\[(.*)\]$/, "$1").toLowerCase();
-  return bare === "localhost" || classifyAddress(bare) === "loopback";
+/**
+ * A `Host` header value as a URL writes it (lower case, default port
+ * dropped), or `null` when it is not just `host[:port]`.
+ */
+function _host(host: string): string | null {
+  if (!URL.canParse(`http://${host}`)) return null;
+  const url = new URL(`http://${host}`);
+  if (url.username || url.password || url.pathname !== "/") return null;
+  return url.host;
 }
 
 /**

@@ -518,10 +518,10 @@ Deno.test("open access is for this machine: not a rebound Host, not another site
       "x-forwarded-for": "203.0.113.9",
     }),
   );
-  // A DNS name rebound to 127.0.0.1 names another host: nothing.
+  // A DNS name rebound to 127.0.0.1 names another host: refused outright.
   await _refused(
-    401,
-    "missing_token",
+    403,
+    "forbidden",
     h.call("GET", "/api/charms", undefined, { host: "rebind.example:8000" }),
   );
   // A page on another site posting here (no preflight for a body-less
@@ -551,13 +551,29 @@ Deno.test("open access is for this machine: not a rebound Host, not another site
       "sec-fetch-site": "same-origin",
     }),
   );
-  // A token is checked as always, wherever the request comes from.
-  const owner = await h.tokenFor(await spaceIdentity());
+  // Even with a token: the page behind a rebound name can sign one with the
+  // public development identity, the operator's in local development.
+  const operator = await h.tokenFor(await operatorIdentity());
+  await _refused(
+    403,
+    "forbidden",
+    h.call("GET", "/api/dead-letters", undefined, {
+      host: "rebind.example:8000",
+      authorization: `Bearer ${operator}`,
+    }),
+  );
   await expectStatus(
     200,
-    h.call("GET", `/api/charms/${SPACE}/c1`, undefined, {
+    h.call("GET", "/api/dead-letters", undefined, {
+      host: "LOCALHOST.:8000",
+      authorization: `Bearer ${operator}`,
+    }),
+  );
+  // /health answers probes whatever they name.
+  await expectStatus(
+    200,
+    h.call("GET", "/health", undefined, {
       host: "rebind.example:8000",
-      authorization: `Bearer ${owner}`,
     }),
   );
 });

@@ -12,7 +12,8 @@ import { Identity } from "./identity.ts";
 
 /**
  * The passphrase of the development identity: the charm ecosystem's own
- * local default, public knowledge, so never acceptable when deployed.
+ * local default, public knowledge, so never acceptable outside local
+ * development.
  */
 export const DEVELOPMENT_PASSPHRASE = "implicit trust";
 
@@ -43,6 +44,18 @@ export function isExposed(env: Record<string, string | undefined>): boolean {
   const host = (env.HOST || "127.0.0.1").replace(/^\[(.*)\]$/, "$1");
   if (host.toLowerCase() === "localhost") return false;
   return classifyAddress(host) !== "loopback";
+}
+
+/**
+ * `true` in local development only: not exposed, and no `ADMIN_TOKEN` (one
+ * shows the operator keeps strangers out: a loopback `HOST` behind a proxy,
+ * say). Only then is anything granted for being local: the public
+ * development identity, open access, and webhooks to private addresses.
+ */
+export function isLocalDevelopment(
+  env: Record<string, string | undefined>,
+): boolean {
+  return !isExposed(env) && !env.ADMIN_TOKEN;
 }
 
 /**
@@ -80,6 +93,11 @@ export async function loadIdentity(
     }
   }
   const passphrase = env.OPERATOR_PASS ?? "";
+  if (passphrase === DEVELOPMENT_PASSPHRASE && !isLocalDevelopment(env)) {
+    throw new ConfigError(
+      "OPERATOR_PASS: is the development identity's public passphrase; outside local development (loopback HOST, no ADMIN_TOKEN, not on Deno Deploy) set a secret one",
+    );
+  }
   if (passphrase !== "") {
     return {
       identity: await Identity.fromPassphrase(passphrase),

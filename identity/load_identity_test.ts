@@ -109,6 +109,16 @@ Deno.test("loadIdentity() refuses the development identity on a HOST beyond loop
     () => loadIdentity({ HOST: "127.0.0.1", ADMIN_TOKEN: "t" }),
     /the development identity is refused when ADMIN_TOKEN is set/,
   );
+  // Nor its public passphrase given as OPERATOR_PASS.
+  await assert.rejects(
+    () =>
+      loadIdentity({ HOST: "0.0.0.0", OPERATOR_PASS: DEVELOPMENT_PASSPHRASE }),
+    /OPERATOR_PASS: is the development identity's public passphrase/,
+  );
+  assert.equal(
+    (await loadIdentity({ OPERATOR_PASS: DEVELOPMENT_PASSPHRASE })).source,
+    "OPERATOR_PASS",
+  );
 });
 
 Deno.test("loadIdentity() names IDENTITY and the path when the key file is missing or bad", async () => {

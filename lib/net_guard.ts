@@ -3,7 +3,7 @@
  * request forgery (a webhook charm pointed at `http://169.254.169.254/` or a
  * database on the private network).
  *
- * When restricted (deployed), a URL is refused if its host is, or resolves
+ * When restricted (outside local development), a URL is refused if its host is, or resolves
  * to, a loopback, private, link-local, unspecified, multicast or reserved
  * address, unless the host is listed in `WEBHOOK_ALLOWED_HOSTS`. Every
  * address a name resolves to (A and AAAA) must be public, and both look-ups
@@ -35,7 +35,7 @@ export type AddressKind =
 
 /** The policy for outbound requests, carried in `ServiceDeps` and runs. */
 export interface EgressPolicy {
-  /** Refuse non-public destinations (deployed); `false` allows everything. */
+  /** Refuse non-public destinations (outside local development). */
   restricted: boolean;
   /**
    * Hosts allowed whatever they resolve to, normalized as `new URL()` gives

@@ -8,7 +8,7 @@
  *
  * Each request is signed by the operator identity (`BCS-Signature`,
  * `BCS-Key`; see `lib/webhook_signature.ts` and `docs/webhooks.md`). When
- * deployed, URLs whose host is or resolves to a private, loopback or
+ * outside local development, URLs whose host is or resolves to a private, loopback or
  * link-local address are refused, at creation and before every call (DNS can
  * change), and redirects are not followed (see `lib/net_guard.ts`).
  *
@@ -55,7 +55,7 @@ export const webhookRecipe = defineRecipe({
       throw new TypeError(
         verdict.retriable
           ? `argument.url: ${verdict.reason}`
-          : `argument.url: ${verdict.reason}; webhooks may not call private, loopback or link-local hosts when deployed (WEBHOOK_ALLOWED_HOSTS lists exceptions)`,
+          : `argument.url: ${verdict.reason}; webhooks may not call private, loopback or link-local hosts outside local development (WEBHOOK_ALLOWED_HOSTS lists exceptions)`,
       );
     }
   },
@@ -67,7 +67,7 @@ export const webhookRecipe = defineRecipe({
       if (!verdict.ok) {
         const what = `Cannot call webhook ${_origin(url)}: ${verdict.reason}`;
         throw verdict.retriable ? new Error(what) : new NonRetriableError(
-          `${what}; private, loopback and link-local hosts are refused when deployed`,
+          `${what}; private, loopback and link-local hosts are refused outside local development`,
         );
       }
       const body = new TextEncoder().encode(JSON.stringify({
@@ -103,7 +103,7 @@ export const webhookRecipe = defineRecipe({
         throw new NonRetriableError(
           `Webhook ${
             _origin(url)
-          } replied ${response.status}; redirects are not followed when deployed`,
+          } replied ${response.status}; redirects are not followed outside local development`,
         );
       }
       if (!response.ok) {

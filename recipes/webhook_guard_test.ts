@@ -160,7 +160,7 @@ Deno.test("deployed: a webhook whose name now resolves to a private address fail
   assert.equal(outcome, "failed");
   assert.equal(
     state.lastError,
-    `NonRetriableError: Cannot call webhook http://hook.example:${port}: host hook.example resolves to a loopback address; private, loopback and link-local hosts are refused when deployed`,
+    `NonRetriableError: Cannot call webhook http://hook.example:${port}: host hook.example resolves to a loopback address; private, loopback and link-local hosts are refused outside local development`,
   );
   assert.equal(deps.sent.length, 0, "not retried");
   assert.equal(receiver.calls.length, 0);
@@ -198,7 +198,7 @@ Deno.test("deployed: WEBHOOK_ALLOWED_HOSTS lets a private host through, but not 
   assert.equal(moved.outcome, "failed");
   assert.match(
     moved.state.lastError!,
-    /^NonRetriableError: Webhook http:\/\/127\.0\.0\.1:\d+ replied 302; redirects are not followed when deployed$/,
+    /^NonRetriableError: Webhook http:\/\/127\.0\.0\.1:\d+ replied 302; redirects are not followed outside local development$/,
   );
 });
 

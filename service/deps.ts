@@ -66,7 +66,7 @@ export interface ServiceDeps {
    * plaintext (local only, with a warning at startup).
    */
   secrets: SecretKeys | null;
-  /** Where charms' outbound requests may go (restricted when deployed). */
+  /** Where charms' outbound requests may go (restricted outside local development). */
   egress: EgressPolicy;
   /**
    * The operator identity, which signs webhook requests; `null` sends them

@@ -12,7 +12,7 @@ import type { Config } from "../config/config.ts";
 import { dispatch } from "../handlers/dispatch.ts";
 import { resumeInterruptedFanouts } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
-import { isExposed } from "../identity/load_identity.ts";
+import { isLocalDevelopment } from "../identity/load_identity.ts";
 import type { Integration } from "../integrations/integration.ts";
 import { ConflictError, NotFoundError, toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
@@ -66,8 +66,8 @@ export interface ServiceOptions {
   /** The operator identity signing webhook requests (default: unsigned). */
   signer?: Signer | null;
   /**
-   * Where charms' requests may go (default: restricted when `env` says
-   * deployed, except `WEBHOOK_ALLOWED_HOSTS`).
+   * Where charms' requests may go (default: restricted outside local
+   * development, as `env` says, except `WEBHOOK_ALLOWED_HOSTS`).
    */
   egress?: EgressPolicy;
 }
@@ -115,7 +115,8 @@ export function createService(
     drainBudgetMs: options.worker === "cron" ? config.drainBudgetMs : null,
     secrets: options.secrets ?? null,
     egress: options.egress ?? egressPolicy({
-      exposed: isExposed(options.env),
+      // Webhooks may reach private addresses in local development only.
+      exposed: !isLocalDevelopment(options.env),
       allowedHosts: config.webhookAllowedHosts,
     }),
     signer: options.signer ?? null,

@@ -187,7 +187,7 @@ Deno.test("sweepAndReport() moves undelivered messages into the dead letters", a
   }
 });
 
-Deno.test("createService() restricts webhooks' egress when exposed: Deno Deploy or a HOST beyond loopback", async () => {
+Deno.test("createService() restricts webhooks' egress outside local development: Deno Deploy, a HOST beyond loopback, an ADMIN_TOKEN", async () => {
   using kv = await Deno.openKv(":memory:");
   const egressWith = (env: Record<string, string>) =>
     createService(config(["--integration=manual"]), {
@@ -199,6 +199,8 @@ Deno.test("createService() restricts webhooks' egress when exposed: Deno Deploy 
     }).deps.egress.restricted;
   assert.equal(egressWith({}), false);
   assert.equal(egressWith({ HOST: "127.0.0.1" }), false);
+  // Behind a proxy on loopback, an ADMIN_TOKEN says strangers reach it.
+  assert.equal(egressWith({ HOST: "127.0.0.1", ADMIN_TOKEN: "t" }), true);
   assert.equal(egressWith({ HOST: "0.0.0.0" }), true);
   assert.equal(egressWith({ HOST: "10.1.2.3" }), true);
   assert.equal(egressWith({ DENO_DEPLOYMENT_ID: "abc" }), true);

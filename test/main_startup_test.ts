@@ -86,7 +86,7 @@ Deno.test("main.ts: the open-API warning names the port it listens on, and fan-o
   assert.match(
     service.output(),
     new RegExp(
-      `ADMIN_TOKEN is not set: the API is open to anyone who can reach port ${port} `,
+      `ADMIN_TOKEN is not set: requests to localhost:${port} from this machine act as the operator`,
     ),
   );
   assert.match(service.output(), /Fan-out of manual enqueued \d+ runs/);
