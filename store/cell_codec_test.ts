@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import type { CharmRef } from "../charm/charm.ts";
-import { charmPath, expectStatus, harness } from "../http/test_harness.ts";
+import {
+  charmPath,
+  expectStatus,
+  type Harness,
+  harness,
+} from "../http/test_harness.ts";
 import { deriveSecretKey, isSealed, type SecretKeys } from "../lib/secrets.ts";
 import { RECIPES } from "../recipes/mod.ts";
 import {
@@ -51,6 +56,16 @@ function argument(token: string, refreshToken: string) {
     maxResults: 50,
     query: "",
   };
+}
+
+/** Creates the gmail charm `mail` in `SPACE` over the API, with `auth`. */
+function _createMail(h: Harness, auth: Record<string, unknown>) {
+  return h.call("POST", "/api/charms", {
+    space: SPACE,
+    recipe: "gmail-importer",
+    charmId: "mail",
+    argument: { auth },
+  });
 }
 
 /** Fails naming the secret when any of `secrets` is in `stored`'s JSON. */
@@ -164,12 +179,7 @@ Deno.test("POST /api/charms stores no plaintext token in KV; GET shows it redact
   const refreshToken = "1//created-refresh-token";
   await expectStatus(
     201,
-    h.call("POST", "/api/charms", {
-      space: SPACE,
-      recipe: "gmail-importer",
-      charmId: "mail",
-      argument: { auth: { token, refreshToken } },
-    }),
+    _createMail(h, { token, refreshToken }),
   );
   const raw = await h.deps.kv.get(cellKey(REF, "argument"));
   assertNoPlaintext(raw.value, [token, refreshToken]);
@@ -203,11 +213,10 @@ Deno.test("an argument that fits as plaintext but not once sealed is a 400 namin
   // the rest of the cell, the request staying under the 64 KiB body limit.
   const token = "ł".repeat(4096);
   const scope = Array.from({ length: 42 }, () => "ł".repeat(512));
-  const create = await h.call("POST", "/api/charms", {
-    space: SPACE,
-    recipe: "gmail-importer",
-    charmId: "mail",
-    argument: { auth: { token, refreshToken: token, scope } },
+  const create = await _createMail(h, {
+    token,
+    refreshToken: token,
+    scope,
   });
   assert.equal(create.status, 400, await create.clone().text());
   assert.match(
@@ -218,12 +227,7 @@ Deno.test("an argument that fits as plaintext but not once sealed is a 400 namin
   // The same through PUT …/argument on a charm that exists.
   await expectStatus(
     201,
-    h.call("POST", "/api/charms", {
-      space: SPACE,
-      recipe: "gmail-importer",
-      charmId: "mail",
-      argument: { auth: { token: "ya29.small", refreshToken: "1//r" } },
-    }),
+    _createMail(h, { token: "ya29.small", refreshToken: "1//r" }),
   );
   const before = await h.deps.kv.get(cellKey(REF, "argument"));
   const put = await h.call("PUT", charmPath("mail", "/argument"), {
