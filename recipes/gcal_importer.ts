@@ -34,7 +34,7 @@ import {
 } from "../google/calendar_api.ts";
 import { googleSessionOf } from "../google/session.ts";
 import { NonRetriableError } from "../lib/errors.ts";
-import { jsonSize } from "../store/kv_util.ts";
+import { cellSize } from "../store/kv_util.ts";
 
 /** Largest `maxEvents` accepted. */
 export const MAX_EVENTS = 500;
@@ -291,14 +291,14 @@ function _window(
     .sort((a, b) =>
       _time(a.start, 0) - _time(b.start, 0) || a.id.localeCompare(b.id)
     );
-  let bytes = 2 + inWindow.reduce((sum, e) => sum + jsonSize(e) + 1, 0);
+  let bytes = 2 + inWindow.reduce((sum, e) => sum + cellSize(e) + 1, 0);
   let first = 0;
   let last = inWindow.length;
   while (last > first && (last - first > max || bytes > EVENTS_BUDGET_BYTES)) {
     const drop = _time(inWindow[first]!.end, Infinity) <= now
       ? inWindow[first++]!
       : inWindow[--last]!;
-    bytes -= jsonSize(drop) + 1;
+    bytes -= cellSize(drop) + 1;
   }
   return inWindow.slice(first, last);
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { jsonSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
+import { cellSize, jsonSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
 import { googleError } from "../test/fake_google.ts";
 import { googleHarness, T0 } from "../test/fake_google_harness.ts";
 import type { Event } from "./gcal_importer.ts";
@@ -270,4 +270,27 @@ Deno.test("gcal-importer retries rate limits and 5xx later; an unknown calendar 
     (await h.state(other)).lastError!,
     /Cannot list the events of calendar "nobody@example.com".*404 notFound/,
   );
+});
+
+Deno.test("gcal-importer keeps its window inside the cell as the service measures it, clipped fields included", async () => {
+  await using h = await googleHarness();
+  // A clipped field ends in "…": V8 stores it two bytes a character.
+  const wide = "a".repeat(400);
+  for (let i = 0; i < 300; i++) {
+    const start = T0 + i * HOUR;
+    h.fake.calendar.put({
+      id: `e${String(i).padStart(3, "0")}`,
+      summary: wide,
+      location: wide,
+      start: at(start),
+      end: at(start + HOUR),
+    });
+  }
+  const ref = await h.charm({
+    recipe: "gcal-importer",
+    argument: { maxEvents: 500 },
+  });
+  const outcome = await h.run(ref, "gcal");
+  assert.equal(outcome, "succeeded", (await h.state(ref)).lastError ?? "");
+  assert.ok(cellSize(await h.result(ref)) <= MAX_CELL_BYTES);
 });

@@ -36,7 +36,7 @@ import {
   type GmailMessage,
 } from "../google/gmail_api.ts";
 import { googleSessionOf } from "../google/session.ts";
-import { jsonSize } from "../store/kv_util.ts";
+import { cellSize } from "../store/kv_util.ts";
 
 /** Largest `maxResults` accepted: the window never holds more messages. */
 export const MAX_MESSAGES = 100;
@@ -358,7 +358,7 @@ function _window(emails: Email[], max: number): Email[] {
   let bytes = 2;
   const kept: Email[] = [];
   for (const email of sorted) {
-    bytes += jsonSize(email) + 1;
+    bytes += cellSize(email) + 1;
     if (bytes > EMAILS_BUDGET_BYTES) break;
     kept.push(email);
   }

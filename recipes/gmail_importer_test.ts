@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { RunRecord } from "../handlers/run_charm.ts";
-import { jsonSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
+import { cellSize, jsonSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
 import { cellKey, runKey } from "../store/keys.ts";
 import { googleError } from "../test/fake_google.ts";
 import { googleHarness, T0 } from "../test/fake_google_harness.ts";
@@ -393,4 +393,36 @@ Deno.test("gmail-importer refuses a manual run, which has no Google session", as
     /NonRetriableError: Cannot run recipe "gmail-importer".*a manual run/,
   );
   assert.equal(h.fake.calls.length, 0);
+});
+
+Deno.test("gmail-importer keeps a full window of clipped or curly-quoted mail inside the cell, as the service measures it", async () => {
+  // A clipped field ends in "…" and a curly quote is not Latin-1: V8 then
+  // stores the whole string two bytes a character, and the service checks
+  // that size, not the JSON's.
+  for (
+    const wide of ["a".repeat(400), "x".repeat(190) + "’"]
+  ) {
+    await using h = await googleHarness();
+    for (let i = 0; i < 100; i++) {
+      h.fake.mailbox.add({
+        id: `m${String(i).padStart(3, "0")}`,
+        internalDate: T0 - (100 - i) * 60_000,
+        subject: wide,
+        from: wide,
+        to: wide,
+        snippet: wide,
+      });
+    }
+    const ref = await h.charm({
+      recipe: "gmail-importer",
+      argument: { maxResults: 100 },
+    });
+    const outcome = await h.run(ref, "gmail");
+    assert.equal(outcome, "succeeded", (await h.state(ref)).lastError ?? "");
+    const result = await h.result(ref);
+    assert.ok(cellSize(result) <= MAX_CELL_BYTES);
+    // The newest come first; the oldest went to keep it in bounds.
+    assert.ok(result.emails.length > 0 && result.emails.length < 100);
+    assert.equal(result.emails[0].id, "m099");
+  }
 });
