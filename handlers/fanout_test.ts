@@ -271,3 +271,35 @@ Deno.test("fanout() shows why it skips an invalid charm in its state, and clears
   state = (await getCharmSummary(t.deps.kv, ref!))!.state;
   assert.equal(state.skipReason, null);
 });
+
+Deno.test("tick() hands a failed fan-out back to the cron before draining, so its retry meets no next tick", async () => {
+  const t = await setup({ integrationIds: ["manual"], drainBudgetMs: 50_000 });
+  await using _deps = t.deps;
+  let drains = 0;
+  t.deps.queue.drain = () => {
+    drains++;
+    return Promise.resolve({ delivered: 0 });
+  };
+  // The registry cannot be read: the fan-out fails. (The integration is
+  // shared with other tests: put it back whatever happens.)
+  const manual = t.deps.integrations.get("manual")!;
+  const original = manual.getIntegrationConfig;
+  const config = original.call(manual);
+  manual.getIntegrationConfig = () => ({
+    ...config,
+    fetchCharms: () => Promise.reject(new Error("registry unreadable")),
+  });
+  try {
+    await assert.rejects(
+      tick(t.deps, { mode: "cron" }),
+      /registry unreadable/,
+    );
+    assert.equal(drains, 0);
+  } finally {
+    manual.getIntegrationConfig = original;
+  }
+  // Fan-outs that succeed drain as before.
+  t.setClock(TICK + TICK_MS);
+  await tick(t.deps, { mode: "cron" });
+  assert.equal(drains, 1);
+});

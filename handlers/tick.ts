@@ -12,10 +12,13 @@ import type { ServiceDeps } from "../service/deps.ts";
 import { serviceCounterKey } from "../store/keys.ts";
 import { addToCounter } from "../store/kv_util.ts";
 import { updateServiceTimes } from "../store/service_state.ts";
-import { fanout, type FanoutResult, tickOf } from "./fanout.ts";
+import { fanout, type FanoutResult, TICK_MS, tickOf } from "./fanout.ts";
 
 /** How early a cron tick may fire and still count for the coming minute. */
 export const CRON_EARLY_TOLERANCE_MS = 5_000;
+
+/** A drain ends this long before the next minute's tick at the latest. */
+export const DRAIN_END_MARGIN_MS = 2_000;
 
 /** Options for {@linkcode tick}. */
 export interface TickOptions {
@@ -101,17 +104,28 @@ export async function tick(
     ).commit();
   }
   await updateServiceTimes(deps.kv, { lastCycleEnd: deps.now() });
+  // A failed fan-out goes back to Deno.cron now: its retry (seconds later)
+  // must not meet the next minute's tick, which would then be skipped.
+  if (firstError !== null) throw firstError;
   if (
     options.drain !== false && deps.drainBudgetMs !== null && deps.queue.drain
   ) {
     // No listener runs here (Deno Deploy): deliver what comes due within the
-    // budget, then return so the next tick is not skipped as overlapping.
-    const { delivered } = await deps.queue.drain(
-      async (raw, delivery) => void await dispatch(deps, raw, delivery),
-      deps.drainBudgetMs,
-    );
-    log.info("Drained {delivered} message(s)", { delivered });
+    // budget. A cron tick also ends before the next minute's, which would
+    // otherwise be skipped as overlapping.
+    const budgetMs = options.mode === "cron"
+      ? Math.min(
+        deps.drainBudgetMs,
+        tickMs + TICK_MS - DRAIN_END_MARGIN_MS - deps.now(),
+      )
+      : deps.drainBudgetMs;
+    if (budgetMs > 0) {
+      const { delivered } = await deps.queue.drain(
+        async (raw, delivery) => void await dispatch(deps, raw, delivery),
+        budgetMs,
+      );
+      log.info("Drained {delivered} message(s)", { delivered });
+    }
   }
-  if (firstError !== null) throw firstError;
   return results;
 }

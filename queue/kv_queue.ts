@@ -64,6 +64,12 @@ export interface KvQueueOptions {
   leaseMs: number;
   /** Jobs this worker runs at once. */
   maxInFlight: number;
+  /**
+   * The longest a delivery takes once started (the run's timeout and its
+   * commit). A drain starts none it could not finish by its deadline, so a
+   * cron tick's drain ends within its budget.
+   */
+  runMs?: number;
   /** Number of shards (fixed for a KV store: changing it strands jobs). */
   shards?: number;
   /** Longest idle sleep of the listening worker, ms. */
@@ -310,9 +316,12 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
     const hasSlot = () =>
       busy < options.maxInFlight &&
       inFlight.size < options.maxInFlight + MAX_GROUP;
+    // A drain starts nothing it could not finish by its deadline; the runs
+    // in flight then finish within it.
+    const startBy = deadline - (options.runMs ?? 0);
     let delivered = 0;
     try {
-      while (!stopped && now() < deadline) {
+      while (!stopped && now() < startBy) {
         const stale = buffer.findIndex(({ claimedAt }) =>
           now() - claimedAt <= MAX_BUFFER_WAIT_MS
         );
@@ -361,8 +370,8 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
         if (hasSlot()) {
           const untilNext = await msUntilNextDue().catch(() => pollMs);
           // Draining: nothing more comes due within the budget.
-          if (inFlight.size === 0 && untilNext > deadline - now()) break;
-          waitMs = Math.min(untilNext, pollMs, deadline - now());
+          if (inFlight.size === 0 && untilNext > startBy - now()) break;
+          waitMs = Math.min(untilNext, pollMs, startBy - now());
         }
         await new Promise<void>((resolve) => {
           const timer = setTimeout(done, Math.max(1, waitMs));

@@ -203,3 +203,48 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "drain() starts no run it could not finish within its budget, and leaves the job for the next",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    using kv = await Deno.openKv(":memory:");
+    const queue = kvQueue(kv, {
+      owner: "t",
+      leaseMs: 60_000,
+      maxInFlight: 5,
+      pollMs: 20,
+      runMs: 1_000,
+    });
+    const op = kv.atomic();
+    queue.enqueue(op, runMessageFor({ space: SPACE, charmId: "c" }, 0), {
+      delayMs: 0,
+      undeliveredKey: ["dead", "c"],
+    });
+    await op.commit();
+    const handled: unknown[] = [];
+    const handler = (raw: unknown) => {
+      handled.push(raw);
+      return Promise.resolve();
+    };
+    // A budget shorter than a run: nothing starts, the job stays unclaimed.
+    assert.deepEqual(await queue.drain!(handler, 500), { delivered: 0 });
+    assert.equal(handled.length, 0);
+    const jobs: Deno.KvEntry<Job>[] = [];
+    for (let shard = 0; shard < DEFAULT_SHARDS; shard++) {
+      jobs.push(
+        ...await Array.fromAsync(
+          kv.list<Job>({ prefix: queueShardPrefix(shard) }),
+        ),
+      );
+    }
+    assert.equal(jobs.length, 1);
+    assert.equal(jobs[0]!.value.deliveries, 0);
+    assert.equal(jobs[0]!.value.leasedBy, null);
+    // A budget a run fits in: it runs.
+    assert.deepEqual(await queue.drain!(handler, 1_500), { delivered: 1 });
+    assert.equal(handled.length, 1);
+  },
+});

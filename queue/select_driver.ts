@@ -73,6 +73,8 @@ export function createQueue(
     leaseMs: config.charmExecutionTimeoutMs + LEASE_MARGIN_MS +
       MAX_BUFFER_WAIT_MS,
     maxInFlight: config.maxConcurrentJobs,
+    // A run's timeout and the margin its commit gets.
+    runMs: config.charmExecutionTimeoutMs + LEASE_MARGIN_MS,
     pollMs: config.queuePollMs,
   });
 }

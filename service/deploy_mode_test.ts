@@ -74,9 +74,22 @@ Deno.test({
       const env = { DENO_DEPLOYMENT_ID: "test-deployment" };
       const config = loadConfig(
         ["--integration=manual", "--interval=1"],
-        { KV_PATH: ":memory:", DRAIN_BUDGET_MS: "2500", QUEUE_POLL_MS: "20" },
+        {
+          KV_PATH: ":memory:",
+          // Runs start only while one could still finish (timeout + 5 s)
+          // within the drain: 2.5 s of starting here.
+          DRAIN_BUDGET_MS: "8500",
+          CHARM_EXECUTION_TIMEOUT_MS: "1000",
+          QUEUE_POLL_MS: "20",
+        },
         INTEGRATIONS.map((i) => i.id),
       );
+      // The service's clock starts a minute, as a cron tick does, so the
+      // drain is not cut short by the next minute's tick (it ends 2 s
+      // before it); the queue keeps the real clock, offsets stay relative.
+      const shift = Math.ceil(Date.now() / 60_000) * 60_000 + 100 -
+        Date.now();
+      const now = () => Date.now() + shift;
       const choice = chooseQueue(config, env);
       const service = createService(config, {
         kv,
@@ -85,6 +98,7 @@ Deno.test({
         allIntegrations: INTEGRATIONS,
         recipes: RECIPES,
         env,
+        now,
       });
       const refs = ["d1", "d2", "d3"].map((charmId) => ({
         space: SPACE,
@@ -96,10 +110,10 @@ Deno.test({
       }
       await service.start();
       // One cron tick: it fans out this minute's 1 s slots and drains what
-      // comes due within its 2.5 s budget.
-      const tickStart = Date.now();
+      // comes due while runs can still start.
+      const tickStart = now();
       await service.onCron();
-      const tickEnd = Date.now();
+      const tickEnd = now();
       for (const ref of refs) {
         const detail = await getCharmDetail(kv, ref);
         const result = detail?.cells.result as {

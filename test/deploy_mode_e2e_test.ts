@@ -19,7 +19,10 @@ Deno.test({
       INTEGRATIONS: "manual",
       QUEUE_DRIVER: "kv",
       QUEUE_WORKER: "cron",
-      DRAIN_BUDGET_MS: "2500",
+      // A drain starts runs only while one could still finish (timeout +
+      // 5 s) within it: 2.5 s of starting here.
+      DRAIN_BUDGET_MS: "8500",
+      CHARM_EXECUTION_TIMEOUT_MS: "1000",
       QUEUE_POLL_MS: "20",
     });
     try {
