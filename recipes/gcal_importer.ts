@@ -266,6 +266,13 @@ async function _pages(
       return result.nextSyncToken;
     }
   }
+  if ("syncToken" in query) {
+    // Changes since the token are not bounded by the window (an import of
+    // old events, say): a full sync of the window is.
+    throw new StaleSyncError(
+      `more than ${MAX_PAGES} pages of changes since the last sync`,
+    );
+  }
   throw new NonRetriableError(
     `Calendar "${argument.calendarId}" has more than ${
       MAX_PAGES * PAGE_SIZE

@@ -294,3 +294,32 @@ Deno.test("gcal-importer keeps its window inside the cell as the service measure
   assert.equal(outcome, "succeeded", (await h.state(ref)).lastError ?? "");
   assert.ok(cellSize(await h.result(ref)) <= MAX_CELL_BYTES);
 });
+
+Deno.test("gcal-importer does a full sync when the changes since its token run past its page bound", async () => {
+  await using h = await googleHarness();
+  h.fake.calendar.put({
+    id: "a",
+    summary: "A",
+    start: at(T0 + HOUR),
+    end: at(T0 + 2 * HOUR),
+  });
+  const ref = await h.charm({ recipe: "gcal-importer" });
+  assert.equal(await h.run(ref, "gcal"), "succeeded");
+  // A bulk change far outside the window (old events imported): more pages
+  // of changes than a run reads, one item a page.
+  for (let i = 0; i < 41; i++) {
+    h.fake.calendar.put({
+      id: `old${i}`,
+      summary: "old",
+      start: at(T0 - 300 * DAY),
+      end: at(T0 - 300 * DAY + HOUR),
+    });
+  }
+  h.fake.pageSizeCap = 1;
+  h.clock.t += 60_000;
+  const outcome = await h.run(ref, "gcal");
+  assert.equal(outcome, "succeeded", (await h.state(ref)).lastError ?? "");
+  const result = await h.result(ref);
+  assert.deepEqual(ids(result), ["a"]);
+  assert.equal(result.fullSyncs, 2);
+});
