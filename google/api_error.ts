@@ -29,6 +29,15 @@ const RATE_LIMIT_REASONS = new Set([
   "rateLimitExceeded",
   "userRateLimitExceeded",
 ]);
+/**
+ * The project's quota is used up (Gmail's `dailyLimitExceeded`, Calendar's
+ * `quotaExceeded`): nothing is wrong with the charm, so it is retried, and
+ * not soon.
+ */
+const QUOTA_REASONS = new Set(["dailyLimitExceeded", "quotaExceeded"]);
+
+/** How long a run waits after a project quota error without `Retry-After`. */
+export const QUOTA_RETRY_MS = 10 * 60_000;
 const SCOPE_REASONS = new Set([
   "insufficientPermissions",
   "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
@@ -53,11 +62,12 @@ export async function googleApiError(
   }`;
   const retriable = status === 429 || status === 408 || status >= 500 ||
     (status === 403 && reasons.some((r) => RATE_LIMIT_REASONS.has(r)));
-  if (retriable) {
+  const quota = status === 403 && reasons.some((r) => QUOTA_REASONS.has(r));
+  if (retriable || quota) {
     const retryAfterMs = parseRetryAfter(
       response.headers.get("retry-after"),
       nowMs,
-    );
+    ) ?? (quota ? QUOTA_RETRY_MS : undefined);
     return retryAfterMs === undefined
       ? new Error(what)
       : new RetryAfterError(what, retryAfterMs);

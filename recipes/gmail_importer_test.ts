@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import type { RunRecord } from "../handlers/run_charm.ts";
 import { cellSize, jsonSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
 import { cellKey, runKey } from "../store/keys.ts";
+import { QUOTA_RETRY_MS } from "../google/api_error.ts";
 import { googleError } from "../test/fake_google.ts";
 import { googleHarness, T0 } from "../test/fake_google_harness.ts";
 import type { Email } from "./gmail_importer.ts";
@@ -217,6 +218,12 @@ Deno.test("gmail-importer treats 403 rate limits and 5xx as retriable and 400 as
       outcome: "retrying",
     },
     {
+      name: "403 dailyLimitExceeded (the project's quota)",
+      reply: { status: 403, body: googleError(403, "dailyLimitExceeded") },
+      outcome: "retrying",
+      delayMs: QUOTA_RETRY_MS,
+    },
+    {
       name: "503 without Retry-After",
       reply: { status: 503, body: googleError(503, "backendError") },
       outcome: "retrying",
@@ -241,8 +248,9 @@ Deno.test("gmail-importer treats 403 rate limits and 5xx as retriable and 400 as
       const state = await h.state(ref);
       assert.equal(state.needsReauth, false);
       if (c.outcome === "retrying") {
-        // Exponential backoff: base 1 s with the harness's fixed jitter.
-        assert.equal(h.sent.at(-1)!.delayMs, 750);
+        // Exponential backoff: base 1 s with the harness's fixed jitter; a
+        // quota error waits longer.
+        assert.equal(h.sent.at(-1)!.delayMs, c.delayMs ?? 750);
       } else {
         assert.equal(h.sent.length, 0);
         assert.equal(state.consecutiveFailures, 1);
