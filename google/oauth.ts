@@ -42,10 +42,40 @@ export interface RefreshIo {
 }
 
 /**
- * Google's ID tokens name this issuer; it only matters when a refresh returns
- * an `id_token` (the `openid` scope), which oauth4webapi then checks.
+ * Google's issuer, as oauth4webapi's authorization server. Replies' ID
+ * tokens are dropped before it would check them (`_withoutIdToken`).
  */
 const GOOGLE_ISSUER = "https://accounts.google.com";
+
+/**
+ * The token endpoint's reply without its `id_token`. The service never uses
+ * one, and oauth4webapi would hold it to `GOOGLE_ISSUER` exactly, while
+ * Google also issues the legacy form `accounts.google.com`: the refresh,
+ * and a refresh token it rotated, would be lost on a check that matters
+ * for nothing here.
+ */
+async function _withoutIdToken(response: Response): Promise<Response> {
+  if (!response.ok) return response;
+  const text = await response.text();
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = null;
+  }
+  const headers = new Headers(response.headers);
+  headers.delete("content-length");
+  let out = text;
+  if (body !== null && typeof body === "object" && "id_token" in body) {
+    const { id_token: _dropped, ...rest } = body as Record<string, unknown>;
+    out = JSON.stringify(rest);
+  }
+  return new Response(out, {
+    status: response.status,
+    statusText: response.statusText,
+    headers,
+  });
+}
 
 /** Google access tokens live an hour; used when a reply omits `expires_in`. */
 const DEFAULT_EXPIRES_IN_S = 3600;
@@ -122,7 +152,11 @@ async function _refreshAtTokenEndpoint(
 
   let body: oauth.TokenEndpointResponse;
   try {
-    body = await oauth.processRefreshTokenResponse(as, client, response);
+    body = await oauth.processRefreshTokenResponse(
+      as,
+      client,
+      await _withoutIdToken(response),
+    );
   } catch (error) {
     if (error instanceof oauth.ResponseBodyError) {
       const detail =

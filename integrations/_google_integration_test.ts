@@ -392,3 +392,20 @@ Deno.test("gmail and gcal accept only recipes with their stream and an auth fiel
     },
   );
 });
+
+Deno.test("a refresh whose reply carries an ID token keeps the rotated refresh token, whatever issuer form Google uses", async (t) => {
+  for (const issuer of ["https://accounts.google.com", "accounts.google.com"]) {
+    await t.step(issuer, async () => {
+      await using h = await googleHarness();
+      h.fake.rotateRefreshTokenTo = "1//rotated";
+      h.fake.idTokenIssuer = issuer;
+      const ref = await h.charm({
+        recipe: "gcal-importer",
+        auth: { refreshToken: REFRESH_TOKEN },
+      });
+      const outcome = await h.run(ref, "gcal");
+      assert.equal(outcome, "succeeded", (await h.state(ref)).lastError ?? "");
+      assert.equal((await h.argument(ref)).auth.refreshToken, "1//rotated");
+    });
+  }
+});

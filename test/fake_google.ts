@@ -148,6 +148,13 @@ export interface FakeGoogle extends AsyncDisposable {
   /** Every access token ever issued. */
   issuedTokens: string[];
   /** The token endpoint returns this new refresh token on the next grants. */
+  /**
+   * When set, token replies carry an `id_token` with this issuer, as Google's
+   * do for a grant with the `openid` scope (Google also sends the legacy
+   * `accounts.google.com`, without a scheme). Unsigned: as the token
+   * endpoint's own reply over TLS, it is not verified.
+   */
+  idTokenIssuer: string | null;
   rotateRefreshTokenTo: string | null;
   /** Caps every page size (to force paging). */
   pageSizeCap: number;
@@ -222,6 +229,7 @@ export function startFakeGoogle(options: FakeGoogleOptions = {}): FakeGoogle {
     invalidateAccessTokens: () => accessTokens.clear(),
     issuedTokens: [],
     rotateRefreshTokenTo: null,
+    idTokenIssuer: null,
     pageSizeCap: 1000,
     mailbox: {
       get historyId() {
@@ -429,7 +437,21 @@ export function startFakeGoogle(options: FakeGoogleOptions = {}): FakeGoogle {
       scope: SCOPES,
       token_type: "Bearer",
       ...(rotated !== null ? { refresh_token: rotated } : {}),
+      ...(fake.idTokenIssuer !== null
+        ? { id_token: _idToken(fake.idTokenIssuer, clientId) }
+        : {}),
     }, { headers: { "cache-control": "no-store" } });
+  }
+
+  function _idToken(issuer: string, audience: string): string {
+    const part = (value: unknown) =>
+      btoa(JSON.stringify(value)).replaceAll("=", "").replaceAll("+", "-")
+        .replaceAll("/", "_");
+    // oauth4webapi checks it against the real clock.
+    const iat = Math.floor(Date.now() / 1000);
+    return `${part({ alg: "RS256", typ: "JWT" })}.${
+      part({ iss: issuer, aud: audience, sub: "1234", iat, exp: iat + 3600 })
+    }.c2ln`;
   }
 
   function _toolshed(body: Record<string, string> | null): Response {
