@@ -91,9 +91,10 @@ Deno.test({
         Date.now();
       const now = () => Date.now() + shift;
       const choice = chooseQueue(config, env);
+      const queue = createQueue(kv, choice, config, "deploy-test");
       const service = createService(config, {
         kv,
-        queue: createQueue(kv, choice, config, "deploy-test"),
+        queue,
         worker: choice.worker,
         allIntegrations: INTEGRATIONS,
         recipes: RECIPES,
@@ -109,6 +110,9 @@ Deno.test({
         await registerCharm(kv, "manual", ref, Date.now());
       }
       await service.start();
+      // Starting an isolate fans nothing out: the cron tick does.
+      const depth = await queue.depth!();
+      assert.equal(depth.dueNow + depth.delayed + depth.leased, 0);
       // One cron tick: it fans out this minute's 1 s slots and drains what
       // comes due while runs can still start.
       const tickStart = now();

@@ -259,7 +259,11 @@ export function createService(
         });
       });
       // A first fan-out now, so charms due in the current slot run without
-      // waiting for the next minute; run keys make it safe to repeat.
+      // waiting for the next minute; run keys make it safe to repeat. Not
+      // with the cron worker (Deno Deploy): isolates start there for every
+      // cron invocation and many requests, each would fan out every charm
+      // again, and nothing would run them before the next tick anyway.
+      if (worker === "cron") return;
       await tick(deps, { mode: "now", drain: false }).catch((error) => {
         log.error("Startup fan-out failed: {error}", {
           error: toError(error).message,
