@@ -11,6 +11,31 @@ function at(ms: number): { dateTime: string } {
   return { dateTime: new Date(ms).toISOString() };
 }
 
+/**
+ * 300 hourly events from `from` whose summary and location are `wide`, and
+ * a charm importing up to 500 of them.
+ */
+async function _wideCalendar(
+  h: Awaited<ReturnType<typeof googleHarness>>,
+  wide: string,
+  from: number,
+) {
+  for (let i = 0; i < 300; i++) {
+    const start = from + i * HOUR;
+    h.fake.calendar.put({
+      id: `e${String(i).padStart(3, "0")}`,
+      summary: wide,
+      location: wide,
+      start: at(start),
+      end: at(start + HOUR),
+    });
+  }
+  return await h.charm({
+    recipe: "gcal-importer",
+    argument: { maxEvents: 500 },
+  });
+}
+
 function ids(result: { events: Event[] }): string[] {
   return result.events.map((e) => e.id);
 }
@@ -202,21 +227,7 @@ Deno.test("gcal-importer resyncs once its window is a day behind", async () => {
 
 Deno.test("gcal-importer keeps at most maxEvents within the cell limit, past ones dropped first", async () => {
   await using h = await googleHarness();
-  const wide = "Ω".repeat(400);
-  for (let i = 0; i < 300; i++) {
-    const start = T0 - 5 * DAY + i * HOUR;
-    h.fake.calendar.put({
-      id: `e${String(i).padStart(3, "0")}`,
-      summary: wide,
-      location: wide,
-      start: at(start),
-      end: at(start + HOUR),
-    });
-  }
-  const ref = await h.charm({
-    recipe: "gcal-importer",
-    argument: { maxEvents: 500 },
-  });
+  const ref = await _wideCalendar(h, "Ω".repeat(400), T0 - 5 * DAY);
   assert.equal(await h.run(ref, "gcal"), "succeeded");
   const result = await h.result(ref);
   assert.ok(jsonSize(result) <= MAX_CELL_BYTES, `${jsonSize(result)} bytes`);
@@ -275,21 +286,7 @@ Deno.test("gcal-importer retries rate limits and 5xx later; an unknown calendar 
 Deno.test("gcal-importer keeps its window inside the cell as the service measures it, clipped fields included", async () => {
   await using h = await googleHarness();
   // A clipped field ends in "…": V8 stores it two bytes a character.
-  const wide = "a".repeat(400);
-  for (let i = 0; i < 300; i++) {
-    const start = T0 + i * HOUR;
-    h.fake.calendar.put({
-      id: `e${String(i).padStart(3, "0")}`,
-      summary: wide,
-      location: wide,
-      start: at(start),
-      end: at(start + HOUR),
-    });
-  }
-  const ref = await h.charm({
-    recipe: "gcal-importer",
-    argument: { maxEvents: 500 },
-  });
+  const ref = await _wideCalendar(h, "a".repeat(400), T0);
   const outcome = await h.run(ref, "gcal");
   assert.equal(outcome, "succeeded", (await h.state(ref)).lastError ?? "");
   assert.ok(cellSize(await h.result(ref)) <= MAX_CELL_BYTES);
