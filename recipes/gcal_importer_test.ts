@@ -11,6 +11,24 @@ function at(ms: number): { dateTime: string } {
   return { dateTime: new Date(ms).toISOString() };
 }
 
+/** One event, "a", an hour from now. */
+function _putOneEvent(h: Awaited<ReturnType<typeof googleHarness>>): void {
+  h.fake.calendar.put({
+    id: "a",
+    summary: "A",
+    start: at(T0 + HOUR),
+    end: at(T0 + 2 * HOUR),
+  });
+}
+
+/** A charm that has synced a calendar of one event ("a") once. */
+async function _syncedOnce(h: Awaited<ReturnType<typeof googleHarness>>) {
+  _putOneEvent(h);
+  const ref = await h.charm({ recipe: "gcal-importer" });
+  assert.equal(await h.run(ref, "gcal"), "succeeded");
+  return ref;
+}
+
 /**
  * 300 hourly events from `from` whose summary and location are `wide`, and
  * a charm importing up to 500 of them.
@@ -207,14 +225,7 @@ Deno.test("gcal-importer clears its events and does a full sync on 410 Gone", as
 
 Deno.test("gcal-importer resyncs once its window is a day behind", async () => {
   await using h = await googleHarness();
-  h.fake.calendar.put({
-    id: "a",
-    summary: "A",
-    start: at(T0 + HOUR),
-    end: at(T0 + 2 * HOUR),
-  });
-  const ref = await h.charm({ recipe: "gcal-importer" });
-  assert.equal(await h.run(ref, "gcal"), "succeeded");
+  const ref = await _syncedOnce(h);
   h.clock.t += DAY - 60_000;
   assert.equal(await h.run(ref, "gcal"), "succeeded");
   assert.equal((await h.result(ref)).fullSyncs, 1);
@@ -247,12 +258,7 @@ Deno.test("gcal-importer keeps at most maxEvents within the cell limit, past one
 
 Deno.test("gcal-importer retries rate limits and 5xx later; an unknown calendar is final", async () => {
   await using h = await googleHarness();
-  h.fake.calendar.put({
-    id: "a",
-    summary: "A",
-    start: at(T0 + HOUR),
-    end: at(T0 + 2 * HOUR),
-  });
+  _putOneEvent(h);
   const ref = await h.charm({ recipe: "gcal-importer" });
   h.fake.failNext("calendar.events.list", {
     status: 403,
@@ -294,14 +300,7 @@ Deno.test("gcal-importer keeps its window inside the cell as the service measure
 
 Deno.test("gcal-importer does a full sync when the changes since its token run past its page bound", async () => {
   await using h = await googleHarness();
-  h.fake.calendar.put({
-    id: "a",
-    summary: "A",
-    start: at(T0 + HOUR),
-    end: at(T0 + 2 * HOUR),
-  });
-  const ref = await h.charm({ recipe: "gcal-importer" });
-  assert.equal(await h.run(ref, "gcal"), "succeeded");
+  const ref = await _syncedOnce(h);
   // A bulk change far outside the window (old events imported): more pages
   // of changes than a run reads, one item a page.
   for (let i = 0; i < 41; i++) {
