@@ -89,6 +89,11 @@ const settingsSchema = z.object({
   labelIds: z.array(z.string()),
   query: z.string(),
   maxResults: z.number(),
+  /**
+   * Whom the tokens were for (`auth.user.email`, when the sign-in said):
+   * tokens of another account mean another mailbox, so a full sync.
+   */
+  account: z.string().optional(),
 });
 
 const resultSchema = z.object({
@@ -343,10 +348,13 @@ function _matches(labels: readonly string[], argument: Argument): boolean {
 }
 
 function _settings(argument: Argument): Result["settings"] {
+  const account = argument.auth?.user?.email?.toLowerCase() ?? "";
   return {
     labelIds: argument.labelIds,
     query: argument.query,
     maxResults: argument.maxResults,
+    // Only when known, so charms whose sign-in named nobody keep resuming.
+    ...(account !== "" ? { account } : {}),
   };
 }
 

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { RunRecord } from "../handlers/run_charm.ts";
 import { cellSize, jsonSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
+import { replaceCharmArgument } from "../store/charm_argument.ts";
 import { cellKey, runKey } from "../store/keys.ts";
 import { QUOTA_RETRY_MS } from "../google/api_error.ts";
 import { googleError } from "../test/fake_google.ts";
@@ -433,4 +434,39 @@ Deno.test("gmail-importer keeps a full window of clipped or curly-quoted mail in
     assert.ok(result.emails.length > 0 && result.emails.length < 100);
     assert.equal(result.emails[0].id, "m099");
   }
+});
+
+Deno.test("gmail-importer starts over when auth is replaced by another account's tokens", async () => {
+  await using h = await googleHarness();
+  h.fake.mailbox.add({ id: "m1" });
+  const ref = await h.charm({ recipe: "gmail-importer" });
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  const before = await h.result(ref);
+  assert.deepEqual([before.fullSyncs, before.incrementalSyncs], [1, 1]);
+  // The same settings, another person's sign-in.
+  const argument = await h.argument(ref);
+  await replaceCharmArgument(
+    h.deps.kv,
+    h.deps.recipes,
+    ref,
+    {
+      ...argument,
+      auth: {
+        ...argument.auth,
+        user: { ...argument.auth.user, email: "Other@Example.com" },
+      },
+    },
+    h.deps.secrets,
+  );
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  const after = await h.result(ref);
+  assert.deepEqual([after.fullSyncs, after.incrementalSyncs], [2, 1]);
+  assert.equal(after.settings.account, "other@example.com");
+  // And resumes from there.
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  assert.equal((await h.result(ref)).incrementalSyncs, 2);
 });
