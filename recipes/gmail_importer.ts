@@ -199,6 +199,10 @@ async function _incrementalSync(
   const kept = new Map(previous.emails.map((e) => [e.id, e]));
   // Added ids in history order, with the labels history last reported.
   const added = new Map<string, string[]>();
+  // Untracked messages a label change may have moved into the window (Move
+  // to Inbox, Not spam, restored from Trash): their labels are known only
+  // once fetched.
+  const movedIn = new Set<string>();
   let deleted = 0;
   let historyId = previous.historyId!;
   let pageToken: string | null = null;
@@ -220,13 +224,22 @@ async function _incrementalSync(
       for (const { message } of record.messagesDeleted) {
         if (kept.delete(message.id)) deleted++;
         added.delete(message.id);
+        movedIn.delete(message.id);
       }
       for (const change of record.labelsAdded) {
+        if (
+          change.labelIds.some((l) => argument.labelIds.includes(l)) &&
+          !kept.has(change.message.id) && !added.has(change.message.id)
+        ) movedIn.add(change.message.id);
         _relabel(kept, added, change.message.id, (labels) => [
           ...new Set([...labels, ...change.labelIds]),
         ]);
       }
       for (const change of record.labelsRemoved) {
+        if (
+          change.labelIds.some((l) => HIDDEN_LABELS.includes(l)) &&
+          !kept.has(change.message.id) && !added.has(change.message.id)
+        ) movedIn.add(change.message.id);
         _relabel(
           kept,
           added,
@@ -250,10 +263,12 @@ async function _incrementalSync(
   const listNewest = () => (newest ??= _listNewest(api, argument));
   // The newest additions come last in history; older ones would not make
   // the window anyway.
-  let candidates = [...added]
-    .filter(([id, labels]) => !kept.has(id) && _matches(labels, argument))
-    .map(([id]) => id)
-    .slice(-argument.maxResults);
+  let candidates = [
+    ...[...movedIn].filter((id) => !kept.has(id) && !added.has(id)),
+    ...[...added]
+      .filter(([id, labels]) => !kept.has(id) && _matches(labels, argument))
+      .map(([id]) => id),
+  ].slice(-argument.maxResults);
   if (argument.query !== "" && candidates.length > 0) {
     // History cannot evaluate a search query: keep the additions that the
     // query's newest results include.

@@ -470,3 +470,33 @@ Deno.test("gmail-importer starts over when auth is replaced by another account's
   assert.equal(await h.run(ref, "gmail"), "succeeded");
   assert.equal((await h.result(ref)).incrementalSyncs, 2);
 });
+
+Deno.test("gmail-importer takes in a message moved into its labels by a label change alone", async () => {
+  await using h = await googleHarness();
+  for (let i = 1; i <= 3; i++) {
+    h.fake.mailbox.add({ id: `m${i}`, internalDate: T0 - (10 - i) * MINUTE });
+  }
+  // Archived before the first sync: not in the INBOX window.
+  h.fake.mailbox.add({
+    id: "arch",
+    labelIds: ["CATEGORY_UPDATES"],
+    internalDate: T0 - MINUTE,
+  });
+  // In spam: not in it either.
+  h.fake.mailbox.add({
+    id: "spam",
+    labelIds: ["INBOX", "SPAM"],
+    internalDate: T0 - 2 * MINUTE,
+  });
+  const ref = await h.charm({ recipe: "gmail-importer" });
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  assert.deepEqual(ids(await h.result(ref)), ["m3", "m2", "m1"]);
+  // "Move to Inbox" and "Not spam": history has only label changes.
+  h.fake.mailbox.relabel("arch", ["INBOX"], []);
+  h.fake.mailbox.relabel("spam", [], ["SPAM"]);
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  const result = await h.result(ref);
+  assert.equal(result.fullSyncs, 1);
+  assert.deepEqual(ids(result), ["arch", "spam", "m3", "m2", "m1"]);
+});
