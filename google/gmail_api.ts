@@ -179,7 +179,9 @@ export function gmailApi(session: GoogleSession): GmailApi {
       );
     },
     async listHistory({ startHistoryId, pageToken }) {
-      const params = new URLSearchParams({ startHistoryId });
+      // The most a page holds (the default is 100): the importer's page
+      // bound then covers 10,000 records before it falls back to a full sync.
+      const params = new URLSearchParams({ startHistoryId, maxResults: "500" });
       for (
         const type of [
           "messageAdded",

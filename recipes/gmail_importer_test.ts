@@ -500,3 +500,22 @@ Deno.test("gmail-importer takes in a message moved into its labels by a label ch
   assert.equal(result.fullSyncs, 1);
   assert.deepEqual(ids(result), ["arch", "spam", "m3", "m2", "m1"]);
 });
+
+Deno.test("gmail-importer reads history 500 records a page, so a busy mailbox stays incremental", async () => {
+  await using h = await googleHarness();
+  h.fake.mailbox.add({ id: "first" });
+  const ref = await h.charm({ recipe: "gmail-importer" });
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  // More records than 20 pages of Gmail's default 100 hold.
+  for (let i = 0; i < 2_100; i++) {
+    h.fake.mailbox.add({
+      id: `n${String(i).padStart(4, "0")}`,
+      internalDate: T0 + i,
+    });
+  }
+  h.clock.t += MINUTE;
+  assert.equal(await h.run(ref, "gmail"), "succeeded");
+  const result = await h.result(ref);
+  assert.deepEqual([result.fullSyncs, result.incrementalSyncs], [1, 1]);
+  assert.equal(result.emails[0].id, "n2099");
+});
