@@ -38,6 +38,7 @@ const QUOTA_REASONS = new Set(["dailyLimitExceeded", "quotaExceeded"]);
 
 /** How long a run waits after a project quota error without `Retry-After`. */
 export const QUOTA_RETRY_MS = 10 * 60_000;
+
 const SCOPE_REASONS = new Set([
   "insufficientPermissions",
   "ACCESS_TOKEN_SCOPE_INSUFFICIENT",

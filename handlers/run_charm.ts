@@ -566,9 +566,11 @@ async function _runLeased(
         // failure, so the slot still ends after the retries.
         result = _failed(
           result,
-          `The argument was replaced during each of ${
-            restarts + 1
-          } runs of this attempt; the run's writes were dropped`,
+          new Error(
+            `The argument was replaced during each of ${
+              restarts + 1
+            } runs of this attempt; the run's writes were dropped`,
+          ),
         );
         argumentRead = null;
       }
@@ -936,28 +938,22 @@ async function _finish(
     } catch (error) {
       // Too large once sealed: the same output would be, every retry.
       if (!(error instanceof CellTooLargeError)) throw error;
-      return {
-        execution: {
-          ok: false,
-          durationMs: execution.durationMs,
-          error: new NonRetriableError(
-            `Recipe "${recipe.name}" wrote ${error.message}`,
-          ),
-        },
-        storedCells: {},
-      };
+      return _failed(
+        { execution, storedCells: {} },
+        new NonRetriableError(`Recipe "${recipe.name}" wrote ${error.message}`),
+      );
     }
   }
   return { execution, storedCells };
 }
 
-/** `finished` turned into a retriable failure with `message`, writing no cell. */
-function _failed(finished: Finished, message: string): Finished {
+/** `finished` turned into a failure with `error`, writing no cell. */
+function _failed(finished: Finished, error: Error): Finished {
   return {
     execution: {
       ok: false,
       durationMs: finished.execution.durationMs,
-      error: new Error(message),
+      error,
     },
     storedCells: {},
   };

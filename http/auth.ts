@@ -106,7 +106,7 @@ export function isLocalRequest(request: {
 }): boolean {
   if (request.forwarded) return false;
   const host = _host(request.host ?? new URL(request.url).host);
-  if (host === null || !namesThisMachine(host)) return false;
+  if (host === null || !_isLoopbackHost(host)) return false;
   if (request.method === "GET" || request.method === "HEAD") return true;
   if (request.secFetchSite === "cross-site") return false;
   if (request.origin === undefined) return true;
@@ -123,8 +123,12 @@ export function isLocalRequest(request: {
  */
 export function namesThisMachine(host: string | undefined): boolean {
   const normal = host === undefined ? null : _host(host);
-  if (normal === null) return false;
-  const name = new URL(`http://${normal}`).hostname.replace(/^\[(.*)\]$/, "$1")
+  return normal !== null && _isLoopbackHost(normal);
+}
+
+/** Whether a normalized `host[:port]` (see `_host`) is this machine's. */
+function _isLoopbackHost(host: string): boolean {
+  const name = new URL(`http://${host}`).hostname.replace(/^\[(.*)\]$/, "$1")
     .replace(/\.$/, "");
   return name === "localhost" || classifyAddress(name) === "loopback";
 }

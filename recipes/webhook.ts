@@ -7,10 +7,11 @@
  * are retriable (honouring `Retry-After`), any other 4xx is not.
  *
  * Each request is signed by the operator identity (`BCS-Signature`,
- * `BCS-Key`; see `lib/webhook_signature.ts` and `docs/webhooks.md`). When
- * outside local development, URLs whose host is or resolves to a private, loopback or
- * link-local address are refused, at creation and before every call (DNS can
- * change), and redirects are not followed (see `lib/net_guard.ts`).
+ * `BCS-Key`; see `lib/webhook_signature.ts` and `docs/webhooks.md`).
+ * Outside local development, URLs whose host is or resolves to a private,
+ * loopback or link-local address are refused, at creation and before every
+ * call (DNS can change), and redirects are not followed (see
+ * `lib/net_guard.ts`).
  *
  * @module
  */

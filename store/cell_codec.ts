@@ -47,9 +47,9 @@ export type SecretPathsOf = Pick<AnyRecipe, "secretPaths">;
  * The cell value to store: `value` with each secret field sealed under the
  * current key. Returns `value` itself when there is nothing to seal.
  *
- * @throws {CellTooLargeError} naming the cell when sealing makes it larger than a
- *   cell may be (sealed fields grow by about a third): callers checked the
- *   plaintext's size, and KV would refuse the value.
+ * @throws {CellTooLargeError} naming the cell when sealing makes it larger
+ *   than a cell may be (sealed fields grow by about a third): callers
+ *   checked the plaintext's size, and KV would refuse the value.
  */
 export async function encodeCell(
   keys: SecretKeys | null,

@@ -42,10 +42,10 @@ export async function addDelegate(
   const key = spaceDelegateKey(space, did);
   const versionKey = spaceDelegatesVersionKey(space);
   for (let attempt = 0; attempt < 20; attempt++) {
-    // The version first: a grant committed after this read fails our check,
-    // so the count below cannot miss it.
-    const version = await kv.get(versionKey);
-    if ((await kv.get(key)).value !== null) return { added: false };
+    // The version with the grant, before the count: a grant committed after
+    // this read fails our check, so the count below cannot miss it.
+    const [version, grant] = await kv.getMany([versionKey, key]);
+    if (grant.value !== null) return { added: false };
     const existing = await listDelegates(kv, space);
     if (existing.length >= MAX_DELEGATES_PER_SPACE) {
       throw new RangeError(
