@@ -197,10 +197,9 @@ async function _page(
     charmsTruncated: false,
   };
   if (health.kv === "ok") {
-    [data.state, data.recent] = await Promise.all([
-      readServiceState(deps.kv),
-      countRecentRuns(deps.kv, nowMs - 3_600_000),
-    ]);
+    // The table is read before the counters. KV reads are not one snapshot,
+    // and a run's outcome commit writes both; in this order a row that shows
+    // a run comes with counters that count it.
     if (principal.kind === "identity") {
       // A space holder sees the charms of their own space.
       ({ charms: data.charms, truncated: data.charmsTruncated } =
@@ -214,6 +213,10 @@ async function _page(
         depth: deps.queue.depth ? await deps.queue.depth() : null,
       };
     }
+    [data.state, data.recent] = await Promise.all([
+      readServiceState(deps.kv),
+      countRecentRuns(deps.kv, nowMs - 3_600_000),
+    ]);
   }
   const notice = extras.notice ?? _noticeFromQuery(c);
   const nonce = _nonce();

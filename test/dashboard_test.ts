@@ -83,7 +83,8 @@ Deno.test({
       assert.equal(
         driver.code,
         0,
-        `${output}\n--- service output ---\n${service.output()}`,
+        // The browser's failure last: CI shows the tail of long output.
+        `--- service output ---\n${service.output()}\n--- browser ---\n${output}`,
       );
       assert.match(output, /dashboard checks passed/);
       await Deno.stat(`${ARTIFACTS}dashboard.png`);
