@@ -29,8 +29,18 @@ function _driver(name: "native" | "kv"): DriverFactory {
       const queue = createQueue(
         kv,
         name === "native"
-          ? { driver: "native", worker: "listener", reason: "benchmark" }
-          : { driver: "kv", worker: "loop", reason: "benchmark" },
+          ? {
+            driver: "native",
+            worker: "listener",
+            reason: "benchmark",
+            localKv: true,
+          }
+          : {
+            driver: "kv",
+            worker: "loop",
+            reason: "benchmark",
+            localKv: true,
+          },
         {
           maxConcurrentJobs: maxConcurrent,
           charmExecutionTimeoutMs: DEFAULTS.charmExecutionTimeoutMs,

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { dispatch } from "../handlers/dispatch.ts";
+import { dispatch, prefetchMessages } from "../handlers/dispatch.ts";
 import { benchDeps, serviceKv, ShiftedClock } from "./bench_deps.ts";
 import { driverNamed } from "./drivers.ts";
 import { benchRecipes, noopRecipe } from "./recipes.ts";
@@ -38,8 +38,9 @@ if (import.meta.main) {
     maxConcurrent,
     now: clock.now,
   });
-  const listening = queue.listen((raw, delivery) =>
-    dispatch(deps, raw, delivery).then(() => {})
+  const listening = queue.listen(
+    (raw, delivery) => dispatch(deps, raw, delivery).then(() => {}),
+    { prefetch: (raws) => prefetchMessages(deps, raws) },
   );
   console.log("ready");
   // The parent closes stdin to stop this worker.

@@ -7,7 +7,7 @@
  * @module
  */
 import process from "node:process";
-import { dispatch } from "../handlers/dispatch.ts";
+import { dispatch, prefetchMessages } from "../handlers/dispatch.ts";
 import { tickOf } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
 import { readServiceState } from "../store/service_state.ts";
@@ -127,8 +127,9 @@ export async function endToEnd(
   const worker = options.processes === 2
     ? await _startWorker(store.path, options, fanoutAt)
     : null;
-  const listening = queue.listen((raw, delivery) =>
-    dispatch(deps, raw, delivery).then(() => {})
+  const listening = queue.listen(
+    (raw, delivery) => dispatch(deps, raw, delivery).then(() => {}),
+    { prefetch: (raws) => prefetchMessages(deps, raws) },
   );
 
   try {

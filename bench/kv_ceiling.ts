@@ -51,8 +51,8 @@ import { writeCharmState } from "../store/charms.ts";
 /**
  * Jobs per claim and per outcome commit: as many as one local commit takes.
  * An outcome checks five keys per run, and a commit takes at most 100
- * checks. (The driver claims 10 at a time, KV Connect's limit on checks,
- * and its groups take what is waiting, up to 16.)
+ * checks. (The driver, on a local KV, claims up to 20 at a time too, and
+ * its groups take what is waiting, up to 20 parts and 100 checks.)
  */
 const BATCH = 20;
 

@@ -12,7 +12,8 @@ import type { ServiceDeps } from "../service/deps.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import type { Message, MessageType } from "./messages.ts";
 import { parseMessage } from "./messages.ts";
-import { runCharm } from "./run_charm.ts";
+import { Prefetched } from "./prefetch.ts";
+import { prefetchRun, runCharm } from "./run_charm.ts";
 
 /** One handler per message type; the compiler checks none is missing. */
 export const HANDLERS = {
@@ -26,6 +27,26 @@ export const HANDLERS = {
 };
 
 /**
+ * Parses messages claimed ahead of their delivery and starts each one's first
+ * read (`queue/queue.ts` `Prefetch`). A malformed message gets nothing: its
+ * delivery dead-letters it.
+ */
+export function prefetchMessages(
+  deps: ServiceDeps,
+  raws: readonly unknown[],
+): (Prefetched | undefined)[] {
+  return raws.map((raw) => {
+    const parsed = parseMessage(raw);
+    if (!parsed.ok) return undefined;
+    return new Prefetched(
+      raw,
+      parsed.message,
+      prefetchRun(deps, parsed.message),
+    );
+  });
+}
+
+/**
  * Handles one raw queue message.
  *
  * @returns what the handler returned, or `"dead-lettered"`.
@@ -35,7 +56,14 @@ export async function dispatch(
   raw: unknown,
   delivery: Delivery = directDelivery(deps.kv),
 ): Promise<unknown> {
-  const parsed = parseMessage(raw);
+  // Parsed already when the driver claimed it.
+  const prefetched = delivery.prefetched instanceof Prefetched &&
+      delivery.prefetched.raw === raw
+    ? delivery.prefetched
+    : null;
+  const parsed = prefetched
+    ? { ok: true as const, message: prefetched.message }
+    : parseMessage(raw);
   if (!parsed.ok) {
     await writeDeadLetter(
       deps.kv,

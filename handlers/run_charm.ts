@@ -76,6 +76,7 @@ import {
 } from "../store/keys.ts";
 import { addToCounter, cellSize, MAX_CELL_BYTES } from "../store/kv_util.ts";
 import { runKeyOf, type RunMessage } from "./messages.ts";
+import { Prefetched } from "./prefetch.ts";
 
 /** What happened to one delivery of a run message. */
 export type RunOutcome =
@@ -190,10 +191,13 @@ export async function runCharm(
   });
 
   // One read of everything the run needs, reused by the claim: KV round
-  // trips bound throughput (docs/benchmarks.md).
-  const read = message.attempt === 1 && !_prepares(deps, message)
-    ? await _readFirstTry(deps, ref, run, message)
-    : await _readRun(deps.kv, ref, run);
+  // trips bound throughput (docs/benchmarks.md). The driver may have started
+  // it when it claimed the message.
+  const prefetched = delivery.prefetched instanceof Prefetched &&
+      delivery.prefetched.message === message
+    ? await delivery.prefetched.read as RunRead | null
+    : null;
+  const read = prefetched ?? await _firstRead(deps, ref, run, message);
   // A duplicate needs no permit; a missing charm is dead-lettered below.
   if (read[0].value !== null && _isDuplicate(read[3].value, message)) {
     log.debug("Dropped a duplicate delivery");
@@ -201,6 +205,30 @@ export async function runCharm(
   }
 
   return await _claimAndRun(deps, ref, run, message, log, delivery, read);
+}
+
+/**
+ * Starts a run's first read ahead of its delivery (`handlers/prefetch.ts`);
+ * resolves to `null` if the read fails, and the delivery reads again.
+ */
+export function prefetchRun(
+  deps: ServiceDeps,
+  message: RunMessage,
+): Promise<RunRead | null> {
+  const ref: CharmRef = { space: message.space, charmId: message.charmId };
+  return _firstRead(deps, ref, runKeyOf(message), message).catch(() => null);
+}
+
+/** The read a delivery starts with: see `_readFirstTry`. */
+function _firstRead(
+  deps: ServiceDeps,
+  ref: CharmRef,
+  run: string,
+  message: RunMessage,
+): Promise<RunRead> {
+  return message.attempt === 1 && !_prepares(deps, message)
+    ? _readFirstTry(deps, ref, run, message)
+    : _readRun(deps.kv, ref, run);
 }
 
 /** The charm, its state, lease, run record and cells, read at once. */

@@ -22,6 +22,9 @@ import {
   SPACE,
   waitFor,
 } from "../test/test_deps.ts";
+import { directDelivery } from "../queue/queue.ts";
+import { dispatch, prefetchMessages } from "./dispatch.ts";
+import { Prefetched } from "./prefetch.ts";
 import { type Lease, runCharm, type RunRecord } from "./run_charm.ts";
 
 const SLOT = Date.UTC(2026, 10, 28, 12, 0);
@@ -317,4 +320,58 @@ Deno.test("runCharm() runs a pure run over an expired lease left by a crash", as
   assert.equal((await t.kv.get(charmLeaseKey(ref))).value, null);
   const record = await t.kv.get<RunRecord>(runKey(ref, `manual:${SLOT}`));
   assert.equal(record.value?.state, "succeeded");
+});
+
+Deno.test("dispatch() runs from the read prefetched when its job was claimed, and reads again once it went stale", async () => {
+  const counter = gatedCounter(Array(4).fill(Promise.resolve()), () => {});
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const ref = await t.create(counter.recipe.name);
+  const a = runMessageFor(ref, SLOT);
+  const b = runMessageFor(ref, SLOT + 60_000);
+  // Both claimed in one batch: both reads start before either runs.
+  const [forA, forB] = prefetchMessages(t.deps, [a, b]);
+  assert.ok(forA instanceof Prefetched && forB instanceof Prefetched);
+  const direct = directDelivery(t.kv);
+
+  assert.equal(
+    await dispatch(t.deps, a, { ...direct, prefetched: forA }),
+    "succeeded",
+  );
+  // B's read predates A's outcome: B runs on it, its commit's checks fail,
+  // and it runs again on A's result. Nothing is lost.
+  assert.equal(
+    await dispatch(t.deps, b, { ...direct, prefetched: forB }),
+    "succeeded",
+  );
+  assert.equal(counter.executions(), 3);
+  assert.equal(await t.runs(ref), 2);
+  const state = await t.kv.get<CharmState>(charmStateKey(ref));
+  assert.equal(state.value?.totalSuccesses, 2);
+});
+
+Deno.test("dispatch() reads for itself when the prefetched read failed or is another message's", async () => {
+  const counter = gatedCounter(Array(4).fill(Promise.resolve()), () => {});
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const ref = await t.create(counter.recipe.name);
+  const a = runMessageFor(ref, SLOT);
+  const b = runMessageFor(ref, SLOT + 60_000);
+  const direct = directDelivery(t.kv);
+  // A failed prefetch (KV unavailable for a moment) resolves to null.
+  const failed = new Prefetched(a, a, Promise.resolve(null));
+  assert.equal(
+    await dispatch(t.deps, a, { ...direct, prefetched: failed }),
+    "succeeded",
+  );
+  // A read prefetched for slot A's message, handed to B's delivery, is not
+  // used for B (it assumes A's run record absent: B would run twice).
+  const [forA] = prefetchMessages(t.deps, [runMessageFor(ref, SLOT)]);
+  assert.equal(
+    await dispatch(t.deps, b, { ...direct, prefetched: forA }),
+    "succeeded",
+  );
+  // Each ran once, on a fresh read: no conflict, no re-run.
+  assert.equal(counter.executions(), 2);
+  assert.equal(await t.runs(ref), 2);
 });

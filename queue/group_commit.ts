@@ -18,19 +18,22 @@
  *   parts are committed one by one, so only the part whose check failed sees
  *   `ok: false`.
  *
- * A group stays under KV's limits by size (`MAX_GROUP`); when KV refuses one
- * anyway (too many checks, mutations or bytes: KV Connect allows 10 checks),
- * the groups get smaller.
+ * A group stays under KV's limits by its parts (`MAX_GROUP`) and their checks
+ * (`maxChecks`: 100 on a local KV, 10 over KV Connect); when KV refuses one
+ * anyway (too many mutations or bytes), the groups get smaller.
  *
  * @module
  */
 import { toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
-import { keyId } from "../store/kv_util.ts";
+import { keyId, LOCAL_MAX_CHECKS } from "../store/kv_util.ts";
 import type { BuildCommit, CommitResult } from "./queue.ts";
 
-/** Most parts in one group commit (100 checks allow 16 of about 6 each). */
-export const MAX_GROUP = 16;
+/**
+ * Most parts in one group commit: a claim of the `kv` driver
+ * (`MAX_CLAIM_BATCH`), whose pure runs check five keys each (100 checks).
+ */
+export const MAX_GROUP = 20;
 
 /** How long a group waits for parts that are about to arrive, ms. */
 export const COALESCE_MS = 1;
@@ -39,6 +42,11 @@ export const COALESCE_MS = 1;
 export interface GroupCommitOptions {
   /** Most parts in one group. */
   maxGroup?: number;
+  /**
+   * Most checks in one group: the KV's limit per atomic operation (default
+   * `LOCAL_MAX_CHECKS`; KV Connect takes 10). A part with more commits alone.
+   */
+  maxChecks?: number;
   /**
    * How many parts are about to arrive (handlers still running); while any
    * are, a group not yet full waits up to `coalesceMs` for them.
@@ -66,6 +74,7 @@ export function groupCommitter(
   const coalesceMs = options.coalesceMs ?? COALESCE_MS;
   let committing = false;
   let limit = options.maxGroup ?? MAX_GROUP;
+  const maxChecks = options.maxChecks ?? LOCAL_MAX_CHECKS;
   let arrived: (() => void) | null = null;
 
   async function flush(): Promise<void> {
@@ -88,7 +97,7 @@ export function groupCommitter(
             }
           });
         }
-        await commitGroup(_takeGroup(waiting, limit));
+        await commitGroup(_takeGroup(waiting, limit, maxChecks));
       }
     } finally {
       committing = false;
@@ -179,24 +188,32 @@ interface _Part {
 }
 
 /**
- * Takes from `waiting`, in order, up to `limit` parts that do not touch each
- * other's writes; the others stay for the next group.
+ * Takes from `waiting`, in order, up to `limit` parts with at most
+ * `maxChecks` checks between them that do not touch each other's writes; the
+ * others stay for the next group.
  */
-function _takeGroup(waiting: _Part[], limit: number): _Part[] {
+function _takeGroup(
+  waiting: _Part[],
+  limit: number,
+  maxChecks: number,
+): _Part[] {
   const group: _Part[] = [];
   const written = new Set<string>();
   const read = new Set<string>();
+  let checks = 0;
   let i = 0;
   while (i < waiting.length && group.length < limit) {
     const { recorded } = waiting[i]!;
-    const clashes = group.length > 0 &&
-      (_meets(recorded.checked, written) ||
+    const skip = group.length > 0 &&
+      (checks + recorded.checkCount > maxChecks ||
+        _meets(recorded.checked, written) ||
         _meets(recorded.written, written) ||
         _meets(recorded.written, read));
-    if (clashes) {
+    if (skip) {
       i++;
       continue;
     }
+    checks += recorded.checkCount;
     group.push(waiting.splice(i, 1)[0]!);
     for (const key of recorded.written) written.add(key);
     for (const key of recorded.checked) read.add(key);
@@ -223,6 +240,11 @@ export class RecordedOperation {
   #checks: Deno.AtomicCheck[] = [];
   #mutations: Deno.KvMutation[] = [];
   #enqueues: Parameters<Deno.AtomicOperation["enqueue"]>[] = [];
+
+  /** Checks recorded (a key checked twice counts twice, as KV counts it). */
+  get checkCount(): number {
+    return this.#checks.length;
+  }
 
   check(...checks: Deno.AtomicCheck[]): this {
     for (const check of checks) {

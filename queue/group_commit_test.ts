@@ -32,6 +32,26 @@ Deno.test("groupCommitter() commits parts that arrive together as one operation"
   }
 });
 
+Deno.test("groupCommitter() keeps a group within the KV's checks per operation", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  // KV Connect's limit: 10 checks. Parts of 4 checks go two to a group.
+  const committer = groupCommitter(kv, { maxChecks: 10 });
+  const results = await commitAll(committer, 7, (i, op) => {
+    for (let k = 0; k < 4; k++) {
+      op.check({ key: ["jobs", i, k], versionstamp: null });
+    }
+    op.set(["jobs", i], i);
+  });
+  assert.ok(results.every((r) => r.ok));
+  const groups = new Map<string, number>();
+  for (const r of results) {
+    const stamp = r.ok ? r.versionstamp : "";
+    groups.set(stamp, (groups.get(stamp) ?? 0) + 1);
+  }
+  // The first alone, then the six that waited, two at a time.
+  assert.deepEqual([...groups.values()], [1, 2, 2, 2]);
+});
+
 Deno.test("groupCommitter() never groups two parts where one checks what the other writes", async () => {
   await using kv = await Deno.openKv(":memory:");
   await kv.set(["cell"], 0);

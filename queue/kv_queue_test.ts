@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import type { Message } from "../handlers/messages.ts";
 import { queueShardPrefix } from "../store/keys.ts";
+import { LOCAL_MAX_CHECKS } from "../store/kv_util.ts";
 import { deferred, runMessageFor, SPACE, waitFor } from "../test/test_deps.ts";
 import {
   DEFAULT_SHARDS,
@@ -246,5 +247,53 @@ Deno.test({
     // A budget a run fits in: it runs.
     assert.deepEqual(await queue.drain!(handler, 1_500), { delivered: 1 });
     assert.equal(handled.length, 1);
+  },
+});
+
+Deno.test({
+  name:
+    "kv queue: each claimed batch is prefetched in one call, and each delivery gets its own message's value",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // A local KV takes 100 checks: one claim of all 12. Over KV Connect (the
+    // default, 10 checks): claims of 10 and 2.
+    for (
+      const [maxChecks, batches] of [
+        [LOCAL_MAX_CHECKS, [12]],
+        [undefined, [10, 2]],
+      ] as const
+    ) {
+      using kv = await Deno.openKv(":memory:");
+      const queue = kvQueue(kv, {
+        owner: "t",
+        leaseMs: 60_000,
+        maxInFlight: 2,
+        pollMs: 20,
+        ...(maxChecks === undefined ? {} : { maxChecks }),
+      });
+      await enqueue(kv, queue, 12);
+      const prefetchCalls: number[] = [];
+      const handled: string[] = [];
+      const { delivered } = await queue.drain!(
+        (raw, delivery) => {
+          const charmId = (raw as Message).charmId;
+          assert.deepEqual(delivery.prefetched, { for: charmId });
+          handled.push(charmId);
+          return Promise.resolve();
+        },
+        5_000,
+        {
+          prefetch(raws) {
+            prefetchCalls.push(raws.length);
+            return raws.map((raw) => ({ for: (raw as Message).charmId }));
+          },
+        },
+      );
+      assert.equal(delivered, 12);
+      assert.equal(handled.length, 12);
+      assert.deepEqual(prefetchCalls, batches);
+      assert.equal((await jobs(kv)).length, 0);
+    }
   },
 });

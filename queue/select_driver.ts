@@ -10,6 +10,7 @@
  */
 import type { Config } from "../config/config.ts";
 import { LEASE_MARGIN_MS } from "../handlers/run_charm.ts";
+import { LOCAL_MAX_CHECKS, REMOTE_MAX_CHECKS } from "../store/kv_util.ts";
 import { kvQueue, MAX_BUFFER_WAIT_MS } from "./kv_queue.ts";
 import { nativeQueue } from "./native_queue.ts";
 import type { QueueDriver } from "./queue.ts";
@@ -19,6 +20,12 @@ export interface QueueChoice {
   driver: "native" | "kv";
   worker: "listener" | "loop" | "cron";
   reason: string;
+  /**
+   * The KV is the embedded SQLite store (not Deploy's, not KV Connect): it
+   * takes 100 checks per atomic operation, so the `kv` driver claims and
+   * commits more jobs at once. Elsewhere it keeps to KV Connect's 10.
+   */
+  localKv: boolean;
 }
 
 /** Resolves `auto` settings against the platform. */
@@ -48,11 +55,14 @@ export function chooseQueue(
     driver = "native";
     reason = "local KV has the native queue";
   }
-  if (driver === "native") return { driver, worker: "listener", reason };
+  const localKv = !onDeploy && !remoteKv;
+  if (driver === "native") {
+    return { driver, worker: "listener", reason, localKv };
+  }
   const worker = config.queueWorker === "auto"
     ? (onDeploy ? "cron" : "loop")
     : config.queueWorker;
-  return { driver, worker, reason };
+  return { driver, worker, reason, localKv };
 }
 
 /** Builds the chosen driver. */
@@ -73,6 +83,7 @@ export function createQueue(
     leaseMs: config.charmExecutionTimeoutMs + LEASE_MARGIN_MS +
       MAX_BUFFER_WAIT_MS,
     maxInFlight: config.maxConcurrentJobs,
+    maxChecks: choice.localKv ? LOCAL_MAX_CHECKS : REMOTE_MAX_CHECKS,
     // A run's timeout and the margin its commit gets.
     runMs: config.charmExecutionTimeoutMs + LEASE_MARGIN_MS,
     pollMs: config.queuePollMs,

@@ -13,7 +13,11 @@ import { createCharm, getCharmDetail, registerCharm } from "../store/charms.ts";
 import { SPACE } from "../test/test_deps.ts";
 import { createService } from "./service.ts";
 
-/** A KV whose queue methods fail, as on the new Deno Deploy. */
+/**
+ * A KV whose queue methods fail, as on the new Deno Deploy, and which refuses
+ * an atomic operation of more than 10 checks, as KV Connect does: off a local
+ * KV the service keeps to that.
+ */
 function kvWithoutQueues(kv: Deno.Kv): Deno.Kv {
   const refuse = () => {
     throw new Error("This platform has no KV queues");
@@ -24,9 +28,23 @@ function kvWithoutQueues(kv: Deno.Kv): Deno.Kv {
       if (property === "atomic") {
         return () => {
           const op = target.atomic();
+          let checks = 0;
           return new Proxy(op, {
             get(opTarget, opProperty) {
               if (opProperty === "enqueue") return refuse;
+              if (opProperty === "check") {
+                return (...args: Deno.AtomicCheck[]) => {
+                  checks += args.length;
+                  opTarget.check(...args);
+                  return op;
+                };
+              }
+              if (opProperty === "commit" && checks > 10) {
+                return () =>
+                  Promise.reject(
+                    new TypeError(`Too many checks (${checks}, max 10)`),
+                  );
+              }
               const value = Reflect.get(opTarget, opProperty, opTarget);
               return typeof value === "function"
                 ? (...args: unknown[]) => {
@@ -52,13 +70,21 @@ Deno.test("chooseQueue() picks the kv driver and cron draining on Deno Deploy", 
   } as const;
   assert.deepEqual(
     chooseQueue(config, { DENO_DEPLOYMENT_ID: "abc" }),
-    { driver: "kv", worker: "cron", reason: "Deno Deploy has no KV queues" },
+    {
+      driver: "kv",
+      worker: "cron",
+      reason: "Deno Deploy has no KV queues",
+      localKv: false,
+    },
   );
   assert.equal(chooseQueue(config, {}).driver, "native");
-  assert.equal(
-    chooseQueue({ ...config, kvPath: "https://kv.example.com/db" }, {}).worker,
-    "loop",
+  assert.equal(chooseQueue(config, {}).localKv, true);
+  const remote = chooseQueue(
+    { ...config, kvPath: "https://kv.example.com/db" },
+    {},
   );
+  assert.equal(remote.worker, "loop");
+  assert.equal(remote.localKv, false);
   assert.equal(chooseQueue({ ...config, queueDriver: "kv" }, {}).driver, "kv");
 });
 

@@ -105,6 +105,12 @@ export function jsonSize(value: unknown): number {
   return new TextEncoder().encode(JSON.stringify(value) ?? "").length;
 }
 
+/** Checks one atomic operation may make on a local (SQLite) KV. */
+export const LOCAL_MAX_CHECKS = 100;
+
+/** Checks one atomic operation may make over KV Connect (remote KV). */
+export const REMOTE_MAX_CHECKS = 10;
+
 /** KV's value limit is 64 KiB; keep a margin for the structured encoding. */
 export const MAX_CELL_BYTES = 60 * 1024;
 

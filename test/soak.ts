@@ -52,6 +52,7 @@ import { RECIPES } from "../recipes/mod.ts";
 import { createService } from "../service/service.ts";
 import { createCharm, registerCharm } from "../store/charms.ts";
 import { cellKey } from "../store/keys.ts";
+import { LOCAL_MAX_CHECKS } from "../store/kv_util.ts";
 import { readServiceState } from "../store/service_state.ts";
 import { SPACE } from "./test_deps.ts";
 
@@ -175,6 +176,7 @@ async function soak(settings: Settings): Promise<string[]> {
         leaseMs: TIMEOUT_MS + 7_000,
         maxInFlight: config.maxConcurrentJobs,
         pollMs: 100,
+        maxChecks: LOCAL_MAX_CHECKS,
       })
       : nativeQueue(kv),
     worker: settings.queue === "kv" ? "loop" : "listener",
