@@ -38,6 +38,9 @@ export const MAX_GROUP = 20;
 /** How long a group waits for parts that are about to arrive, ms. */
 export const COALESCE_MS = 1;
 
+/** KV sums wrap at 2^64 (a decrement is a sum of its two's complement). */
+const U64_MASK = (1n << 64n) - 1n;
+
 /** Options for {@linkcode groupCommitter}. */
 export interface GroupCommitOptions {
   /** Most parts in one group. */
@@ -108,7 +111,14 @@ export function groupCommitter(
     if (parts.length > 1) {
       let op: Deno.AtomicOperation | null = kv.atomic();
       try {
-        for (const part of parts) part.recorded.replay(op);
+        // Sums to one key (the service counters every run adds to) go in as
+        // one mutation: they commute, and KV's per-mutation work is on this
+        // thread.
+        const sums = new Map<string, { key: Deno.KvKey; total: bigint }>();
+        for (const part of parts) part.recorded.replay(op, sums);
+        for (const { key, total } of sums.values()) {
+          op.sum(key, total & U64_MASK);
+        }
       } catch {
         // KV refuses a part as built (a negative sum, say): it fails alone,
         // below, and the others commit.
@@ -307,10 +317,31 @@ export class RecordedOperation {
     throw new Error("A delivery's operation is committed by its driver");
   }
 
-  /** Adds the recorded checks, mutations and enqueues to `op`. */
-  replay(op: Deno.AtomicOperation): void {
+  /**
+   * Adds the recorded checks, mutations and enqueues to `op`; with `sums`,
+   * adds the sums there instead (by key), for the caller to add up.
+   */
+  replay(
+    op: Deno.AtomicOperation,
+    sums?: Map<string, { key: Deno.KvKey; total: bigint }>,
+  ): void {
     op.check(...this.#checks);
-    op.mutate(...this.#mutations);
+    if (sums === undefined) {
+      op.mutate(...this.#mutations);
+    } else {
+      for (const mutation of this.#mutations) {
+        if (mutation.type !== "sum") {
+          op.mutate(mutation);
+          continue;
+        }
+        const id = keyId(mutation.key);
+        const sum = sums.get(id);
+        const value = (mutation.value as Deno.KvU64).value;
+        if (sum === undefined) {
+          sums.set(id, { key: mutation.key, total: value });
+        } else sum.total += value;
+      }
+    }
     for (const [value, options] of this.#enqueues) op.enqueue(value, options);
   }
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { keyId } from "../store/kv_util.ts";
+import { addToCounter, keyId } from "../store/kv_util.ts";
 import { groupCommitter, RecordedOperation } from "./group_commit.ts";
 
 /** Starts `n` parts at once, each built by `build(i, op)`. */
@@ -30,6 +30,23 @@ Deno.test("groupCommitter() commits parts that arrive together as one operation"
   for (let i = 0; i < 6; i++) {
     assert.equal((await kv.get(["jobs", i])).value, i);
   }
+});
+
+Deno.test("groupCommitter() adds up a group's sums to one key, decrements included", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  await kv.set(["disabled"], new Deno.KvU64(5n));
+  const committer = groupCommitter(kv);
+  // Seven parts: four add 1, three subtract 1 (addToCounter's two's
+  // complement); all but the first share one commit.
+  const results = await commitAll(committer, 7, (i, op) => {
+    op.set(["jobs", i], i);
+    addToCounter(op, ["disabled"], i < 4 ? 1 : -1);
+    addToCounter(op, ["runs"], 1);
+  });
+  assert.ok(results.every((r) => r.ok));
+  assert.equal(new Set(results.map((r) => r.ok && r.versionstamp)).size, 2);
+  assert.equal((await kv.get<Deno.KvU64>(["disabled"])).value?.value, 6n);
+  assert.equal((await kv.get<Deno.KvU64>(["runs"])).value?.value, 7n);
 });
 
 Deno.test("groupCommitter() keeps a group within the KV's checks per operation", async () => {
