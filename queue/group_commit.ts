@@ -249,6 +249,8 @@ export class RecordedOperation {
   // outcome adds about fifteen of them, and this runs for every run.
   #checks: Deno.AtomicCheck[] = [];
   #mutations: Deno.KvMutation[] = [];
+  /** `keyId` of each mutation's key, in step with `#mutations`. */
+  #ids: string[] = [];
   #enqueues: Parameters<Deno.AtomicOperation["enqueue"]>[] = [];
 
   /** Checks recorded (a key checked twice counts twice, as KV counts it). */
@@ -265,43 +267,39 @@ export class RecordedOperation {
   }
 
   mutate(...mutations: Deno.KvMutation[]): this {
-    for (const mutation of mutations) {
-      if (mutation.type !== "sum") this.written.add(keyId(mutation.key));
-      this.#mutations.push(mutation);
-    }
+    for (const mutation of mutations) this.#add(mutation);
     return this;
   }
 
   set(key: Deno.KvKey, value: unknown, options?: { expireIn?: number }): this {
-    this.written.add(keyId(key));
-    this.#mutations.push(
+    return this.#add(
       options?.expireIn === undefined
         ? { type: "set", key, value }
         : { type: "set", key, value, expireIn: options.expireIn },
     );
-    return this;
   }
 
   delete(key: Deno.KvKey): this {
-    this.written.add(keyId(key));
-    this.#mutations.push({ type: "delete", key });
-    return this;
+    return this.#add({ type: "delete", key });
   }
 
   sum(key: Deno.KvKey, n: bigint): this {
-    this.#mutations.push({ type: "sum", key, value: new Deno.KvU64(n) });
-    return this;
+    return this.#add({ type: "sum", key, value: new Deno.KvU64(n) });
   }
 
   min(key: Deno.KvKey, n: bigint): this {
-    this.written.add(keyId(key));
-    this.#mutations.push({ type: "min", key, value: new Deno.KvU64(n) });
-    return this;
+    return this.#add({ type: "min", key, value: new Deno.KvU64(n) });
   }
 
   max(key: Deno.KvKey, n: bigint): this {
-    this.written.add(keyId(key));
-    this.#mutations.push({ type: "max", key, value: new Deno.KvU64(n) });
+    return this.#add({ type: "max", key, value: new Deno.KvU64(n) });
+  }
+
+  #add(mutation: Deno.KvMutation): this {
+    const id = keyId(mutation.key);
+    if (mutation.type !== "sum") this.written.add(id);
+    this.#mutations.push(mutation);
+    this.#ids.push(id);
     return this;
   }
 
@@ -329,18 +327,25 @@ export class RecordedOperation {
     if (sums === undefined) {
       op.mutate(...this.#mutations);
     } else {
-      for (const mutation of this.#mutations) {
+      this.#mutations.forEach((mutation, i) => {
+        const id = this.#ids[i]!;
         if (mutation.type !== "sum") {
+          // KV applies mutations in order: sums to this key that came before
+          // go in before it (a sum then a delete leaves the key deleted).
+          const pending = sums.get(id);
+          if (pending !== undefined) {
+            op.sum(pending.key, pending.total & U64_MASK);
+            sums.delete(id);
+          }
           op.mutate(mutation);
-          continue;
+          return;
         }
-        const id = keyId(mutation.key);
         const sum = sums.get(id);
         const value = (mutation.value as Deno.KvU64).value;
         if (sum === undefined) {
           sums.set(id, { key: mutation.key, total: value });
         } else sum.total += value;
-      }
+      });
     }
     for (const [value, options] of this.#enqueues) op.enqueue(value, options);
   }

@@ -153,3 +153,39 @@ Deno.test("groupCommitter() fails only a part KV refuses as built, in a group", 
   assert.equal((await kv.get(["good"])).value, 1);
   assert.equal(committer.waiting, 0);
 });
+
+/** Commits a lone first part, then `builds` together: they form one group. */
+async function oneGroup(
+  kv: Deno.Kv,
+  builds: ((op: Deno.AtomicOperation) => void)[],
+) {
+  const committer = groupCommitter(kv);
+  const first = committer.commit((op) => op.set(["first"], 1));
+  const rest = builds.map((build) => committer.commit(build));
+  await first;
+  const results = await Promise.all(rest);
+  assert.ok(results.every((r) => r.ok));
+  assert.equal(new Set(results.map((r) => r.ok && r.versionstamp)).size, 1);
+}
+
+Deno.test("groupCommitter() keeps a part's sum then delete of one key in order", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  await kv.set(["c"], new Deno.KvU64(5n));
+  await oneGroup(kv, [
+    (op) => op.set(["other"], 1),
+    // Alone this leaves ["c"] deleted.
+    (op) => op.sum(["c"], 1n).delete(["c"]),
+  ]);
+  assert.equal((await kv.get(["c"])).value, null);
+});
+
+Deno.test("groupCommitter() keeps one part's sum before another's set of that key", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  await kv.set(["c"], new Deno.KvU64(5n));
+  await oneGroup(kv, [
+    (op) => op.sum(["c"], 1n),
+    (op) => op.set(["c"], new Deno.KvU64(10n)),
+  ]);
+  // One by one, in arrival order: 5 + 1, then set to 10.
+  assert.equal((await kv.get<Deno.KvU64>(["c"])).value?.value, 10n);
+});

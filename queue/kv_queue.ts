@@ -287,6 +287,20 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
     await op.commit();
   }
 
+  /** The listener's prefetch of `entries`; none if it throws. */
+  function _prefetch(
+    prefetch: Prefetch,
+    entries: Deno.KvEntry<Job>[],
+  ): unknown[] {
+    try {
+      return prefetch(entries.map(({ value }) => value.message));
+    } catch (error) {
+      // Only an early start of the handlers' own work: they do without.
+      log.warn("Prefetch failed: {error}", { error: toError(error).message });
+      return [];
+    }
+  }
+
   /** Milliseconds until the next job comes due; `Infinity` if none. */
   async function msUntilNextDue(): Promise<number> {
     let next = Infinity;
@@ -355,6 +369,9 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
     const start = () => {
       if (stopped || now() >= startBy) return;
       while (buffer.length > 0 && hasSlot()) {
+        // One that waited past MAX_BUFFER_WAIT_MS (the lease allows no more)
+        // goes back instead, in the worker loop, woken for it.
+        if (now() - buffer[0]!.claimedAt > MAX_BUFFER_WAIT_MS) return;
         const { entry, prefetched } = buffer.shift()!;
         const running = deliver(entry, handler, prefetched).finally(() =>
           inFlight.delete(running)
@@ -386,7 +403,7 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
             // then many runs reach their outcome commit at once, and the
             // group commits are bigger (docs/benchmarks.md).
             const prefetched = entries.length > 0 && prefetch
-              ? prefetch(entries.map(({ value }) => value.message))
+              ? _prefetch(prefetch, entries)
               : [];
             entries.forEach((entry, i) =>
               buffer.push({ entry, claimedAt: t, prefetched: prefetched[i] })

@@ -297,3 +297,85 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "kv queue: a freed slot never starts a job that waited past MAX_BUFFER_WAIT_MS; it goes back and is claimed again",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await using kv = await Deno.openKv(":memory:");
+    let clock = Date.UTC(2026, 10, 28);
+    const queue = kvQueue(kv, {
+      owner: "w",
+      leaseMs: 60_000,
+      maxInFlight: 1,
+      maxChecks: LOCAL_MAX_CHECKS,
+      now: () => clock,
+    });
+    await enqueue(kv, queue, 2);
+    const gate = deferred();
+    const claims = new Map<string, number>();
+    // How many times each job had been claimed when it started.
+    const started = new Map<string, number>();
+    const listening = queue.listen(async (raw, delivery) => {
+      const id = (raw as Message).charmId;
+      started.set(id, claims.get(id) ?? 0);
+      if (started.size === 1) {
+        // The only slot's run outlasts the other job's wait, then commits:
+        // that frees the slot.
+        await gate.promise;
+        await delivery.commit(() => {});
+      }
+    }, {
+      prefetch(raws) {
+        for (const raw of raws) {
+          const id = (raw as Message).charmId;
+          claims.set(id, (claims.get(id) ?? 0) + 1);
+        }
+        return raws.map(() => undefined);
+      },
+    });
+    try {
+      await waitFor("the first job to start", () => started.size === 1);
+      assert.deepEqual([...claims.values()], [1, 1]);
+      clock += MAX_BUFFER_WAIT_MS + 1;
+      gate.resolve();
+      await waitFor("the second job to start", () => started.size === 2);
+      const [, second] = [...started.keys()];
+      // Not started from the stale claim: given back, then claimed again.
+      assert.equal(started.get(second!), 2);
+    } finally {
+      gate.resolve();
+      queue.stop!();
+      await listening;
+    }
+  },
+});
+
+Deno.test({
+  name: "kv queue: a prefetch that throws costs the claimed jobs nothing",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    using kv = await Deno.openKv(":memory:");
+    const queue = kvQueue(kv, { owner: "t", leaseMs: 60_000, maxInFlight: 2 });
+    await enqueue(kv, queue, 3);
+    const handled: unknown[] = [];
+    const { delivered } = await queue.drain!(
+      (_raw, delivery) => {
+        handled.push(delivery.prefetched);
+        return Promise.resolve();
+      },
+      5_000,
+      {
+        prefetch() {
+          throw new Error("prefetch bug");
+        },
+      },
+    );
+    assert.equal(delivered, 3);
+    assert.deepEqual(handled, [undefined, undefined, undefined]);
+    assert.equal((await jobs(kv)).length, 0);
+  },
+});

@@ -29,14 +29,14 @@ function kvWithoutQueues(kv: Deno.Kv): Deno.Kv {
         return () => {
           const op = target.atomic();
           let checks = 0;
-          return new Proxy(op, {
+          const proxy: Deno.AtomicOperation = new Proxy(op, {
             get(opTarget, opProperty) {
               if (opProperty === "enqueue") return refuse;
               if (opProperty === "check") {
                 return (...args: Deno.AtomicCheck[]) => {
                   checks += args.length;
                   opTarget.check(...args);
-                  return op;
+                  return proxy;
                 };
               }
               if (opProperty === "commit" && checks > 10) {
@@ -49,11 +49,12 @@ function kvWithoutQueues(kv: Deno.Kv): Deno.Kv {
               return typeof value === "function"
                 ? (...args: unknown[]) => {
                   const result = value.apply(opTarget, args);
-                  return result === opTarget ? op : result;
+                  return result === opTarget ? proxy : result;
                 }
                 : value;
             },
           });
+          return proxy;
         };
       }
       const value = Reflect.get(target, property, target);
