@@ -77,7 +77,7 @@ async function setup(...extra: AnyRecipe[]) {
 async function openCounter() {
   const counter = gatedCounter(Array(4).fill(Promise.resolve()), () => {});
   const t = await setup(counter.recipe);
-  return { t, ref: await t.create(counter.recipe.name) };
+  return { t, ref: await t.create(counter.recipe.name), counter };
 }
 
 Deno.test("runCharm() runs a pure recipe without a lease or a running record", async () => {
@@ -323,10 +323,8 @@ Deno.test("runCharm() runs a pure run over an expired lease left by a crash", as
 });
 
 Deno.test("dispatch() runs from the read prefetched when its job was claimed, and reads again once it went stale", async () => {
-  const counter = gatedCounter(Array(4).fill(Promise.resolve()), () => {});
-  const t = await setup(counter.recipe);
+  const { t, ref, counter } = await openCounter();
   await using _deps = t.deps;
-  const ref = await t.create(counter.recipe.name);
   const a = runMessageFor(ref, SLOT);
   const b = runMessageFor(ref, SLOT + 60_000);
   // Both claimed in one batch: both reads start before either runs.
@@ -351,10 +349,8 @@ Deno.test("dispatch() runs from the read prefetched when its job was claimed, an
 });
 
 Deno.test("dispatch() reads for itself when the prefetched read failed or is another message's", async () => {
-  const counter = gatedCounter(Array(4).fill(Promise.resolve()), () => {});
-  const t = await setup(counter.recipe);
+  const { t, ref, counter } = await openCounter();
   await using _deps = t.deps;
-  const ref = await t.create(counter.recipe.name);
   const a = runMessageFor(ref, SLOT);
   const b = runMessageFor(ref, SLOT + 60_000);
   const direct = directDelivery(t.kv);

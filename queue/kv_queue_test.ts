@@ -49,6 +49,19 @@ function listenGated(queue: QueueDriver) {
   return { gate, started, listening };
 }
 
+/** A driver with one slot on a clock the test moves. */
+function oneSlotQueue(kv: Deno.Kv, maxChecks?: number) {
+  let clock = Date.UTC(2026, 10, 28);
+  const queue = kvQueue(kv, {
+    owner: "w",
+    leaseMs: 60_000,
+    maxInFlight: 1,
+    now: () => clock,
+    ...(maxChecks === undefined ? {} : { maxChecks }),
+  });
+  return { queue, advance: (ms: number) => (clock += ms) };
+}
+
 function messages(n: number): Message[] {
   return Array.from(
     { length: n },
@@ -94,19 +107,13 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     await using kv = await Deno.openKv(":memory:");
-    let clock = Date.UTC(2026, 10, 28);
-    const queue = kvQueue(kv, {
-      owner: "w",
-      leaseMs: 60_000,
-      maxInFlight: 1,
-      now: () => clock,
-    });
+    const { queue, advance } = oneSlotQueue(kv);
     await enqueue(kv, queue, 3);
     const { gate, started, listening } = listenGated(queue);
     try {
       await waitFor("the first job to start", () => started.length === 1);
       // The run in the only slot takes longer than a claimed job may wait.
-      clock += MAX_BUFFER_WAIT_MS + 1;
+      advance(MAX_BUFFER_WAIT_MS + 1);
       await waitFor(
         "the two waiting jobs to be given back",
         async () =>
@@ -305,14 +312,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     await using kv = await Deno.openKv(":memory:");
-    let clock = Date.UTC(2026, 10, 28);
-    const queue = kvQueue(kv, {
-      owner: "w",
-      leaseMs: 60_000,
-      maxInFlight: 1,
-      maxChecks: LOCAL_MAX_CHECKS,
-      now: () => clock,
-    });
+    const { queue, advance } = oneSlotQueue(kv, LOCAL_MAX_CHECKS);
     await enqueue(kv, queue, 2);
     const gate = deferred();
     const claims = new Map<string, number>();
@@ -339,7 +339,7 @@ Deno.test({
     try {
       await waitFor("the first job to start", () => started.size === 1);
       assert.deepEqual([...claims.values()], [1, 1]);
-      clock += MAX_BUFFER_WAIT_MS + 1;
+      advance(MAX_BUFFER_WAIT_MS + 1);
       gate.resolve();
       await waitFor("the second job to start", () => started.size === 2);
       const [, second] = [...started.keys()];
