@@ -349,13 +349,16 @@ async function _claimAndRun(
       const waitMs = lease.run === run && lease.attempt === message.attempt
         ? lease.expiresAt - now + 100
         : Math.min(Math.max(lease.expiresAt - now, 250), DEFER_POLL_MS);
-      // The copy and this delivery's acknowledgement commit together.
-      await delivery.commit((op) =>
-        deps.queue.enqueue(op, message, {
+      // The copy and this delivery's acknowledgement commit together, if
+      // the lease is still the one read (a read taken early, at claim time,
+      // may show one since released: then read again).
+      const { ok } = await delivery.commit((op) =>
+        deps.queue.enqueue(op.check(leaseEntry), message, {
           delayMs: waitMs,
           undeliveredKey: undeliveredKey(ref, run, message.attempt),
         })
       );
+      if (!ok) continue;
       log.debug("Deferred {waitMs} ms: the charm is leased by {holder}", {
         waitMs,
         holder: `${lease.run}#${lease.attempt}`,

@@ -28,6 +28,8 @@ import {
   waitFor,
 } from "../test/test_deps.ts";
 import { startWebhookReceiver } from "../test/webhook_receiver.ts";
+import { directDelivery } from "../queue/queue.ts";
+import { dispatch, prefetchMessages } from "./dispatch.ts";
 import type { RunMessage } from "./messages.ts";
 import {
   type Lease,
@@ -423,6 +425,30 @@ Deno.test("runCharm() defers while another run holds the charm, and recovers a c
   t.advance(36_000);
   assert.equal(await runCharm(t.deps, t.queue.sent[0]!.message), "succeeded");
   assert.equal((await t.result(ref) as { count: number }).count, 1);
+});
+
+Deno.test("runCharm() reads again, not defers, when the lease its early read saw is gone", async () => {
+  const t = await setup();
+  await using _deps = t.deps;
+  const ref = await t.create("counter", {});
+  const other: Lease = {
+    run: `manual:${SLOT - 60_000}`,
+    attempt: 1,
+    owner: "another-process",
+    expiresAt: SLOT + 35_000,
+  };
+  await t.deps.kv.set(charmLeaseKey(ref), other);
+  // A retry reads the lease; the kv driver read it when it claimed the job.
+  const message = runMessage(ref, { attempt: 2 });
+  const [early] = prefetchMessages(t.deps, [message]);
+  await early!.read;
+  // The other run finishes before this delivery starts.
+  await t.deps.kv.delete(charmLeaseKey(ref));
+  const delivery = { ...directDelivery(t.deps.kv), prefetched: early };
+  // (The deferral it began is not committed: its check of the lease fails.)
+  assert.equal(await dispatch(t.deps, message, delivery), "succeeded");
+  assert.equal((await t.result(ref) as { count: number }).count, 1);
+  assert.equal((await t.record(ref))?.state, "succeeded");
 });
 
 Deno.test("runCharm() dead-letters a run of a charm that does not exist", async () => {
