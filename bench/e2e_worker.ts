@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { dispatch, prefetchMessages } from "../handlers/dispatch.ts";
+import { dispatch, listenOptions } from "../handlers/dispatch.ts";
 import { benchDeps, serviceKv, ShiftedClock } from "./bench_deps.ts";
 import { driverNamed } from "./drivers.ts";
 import { benchRecipes, noopRecipe } from "./recipes.ts";
@@ -40,7 +40,7 @@ if (import.meta.main) {
   });
   const listening = queue.listen(
     (raw, delivery) => dispatch(deps, raw, delivery).then(() => {}),
-    { prefetch: (raws) => prefetchMessages(deps, raws) },
+    listenOptions(deps),
   );
   console.log("ready");
   // The parent closes stdin to stop this worker.

@@ -7,7 +7,7 @@
  * @module
  */
 import process from "node:process";
-import { dispatch, prefetchMessages } from "../handlers/dispatch.ts";
+import { dispatch, listenOptions } from "../handlers/dispatch.ts";
 import { tickOf } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
 import { readServiceState } from "../store/service_state.ts";
@@ -129,7 +129,7 @@ export async function endToEnd(
     : null;
   const listening = queue.listen(
     (raw, delivery) => dispatch(deps, raw, delivery).then(() => {}),
-    { prefetch: (raws) => prefetchMessages(deps, raws) },
+    listenOptions(deps),
   );
 
   try {

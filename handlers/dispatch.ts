@@ -7,7 +7,11 @@
  */
 import { logger } from "../lib/log.ts";
 import { runDuration, runsCounter, withSpan } from "../lib/telemetry.ts";
-import { type Delivery, directDelivery } from "../queue/queue.ts";
+import {
+  type Delivery,
+  directDelivery,
+  type ListenOptions,
+} from "../queue/queue.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import type { Message, MessageType } from "./messages.ts";
@@ -44,6 +48,11 @@ export function prefetchMessages(
       prefetchRun(deps, parsed.message),
     );
   });
+}
+
+/** How a queue listens for {@linkcode dispatch}: with its prefetch. */
+export function listenOptions(deps: ServiceDeps): ListenOptions {
+  return { prefetch: (raws) => prefetchMessages(deps, raws) };
 }
 
 /**

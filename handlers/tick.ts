@@ -7,7 +7,7 @@
  */
 import { logger } from "../lib/log.ts";
 import { fanoutEnqueued, withSpan } from "../lib/telemetry.ts";
-import { dispatch, prefetchMessages } from "./dispatch.ts";
+import { dispatch, listenOptions } from "./dispatch.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { serviceCounterKey } from "../store/keys.ts";
 import { addToCounter } from "../store/kv_util.ts";
@@ -123,7 +123,7 @@ export async function tick(
       const { delivered } = await deps.queue.drain(
         async (raw, delivery) => void await dispatch(deps, raw, delivery),
         budgetMs,
-        { prefetch: (raws) => prefetchMessages(deps, raws) },
+        listenOptions(deps),
       );
       log.info("Drained {delivered} message(s)", { delivered });
     }

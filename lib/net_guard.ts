@@ -72,16 +72,17 @@ export type UrlVerdict =
 const DNS_TIMEOUT_MS = 5_000;
 
 /**
- * Builds the policy: restricted when the service is exposed (on Deno Deploy
- * or listening beyond loopback: `isExposed` in `identity/load_identity.ts`).
+ * Builds the policy. The service restricts it outside local development
+ * (`isLocalDevelopment` in `identity/load_identity.ts`: on Deno Deploy, a
+ * `HOST` beyond loopback, or an `ADMIN_TOKEN`).
  */
 export function egressPolicy(options: {
-  exposed: boolean;
+  restricted: boolean;
   allowedHosts?: readonly string[];
   resolveDns?: EgressPolicy["resolveDns"];
 }): EgressPolicy {
   return {
-    restricted: options.exposed,
+    restricted: options.restricted,
     allowedHosts: (options.allowedHosts ?? []).map(_normalizeHost),
     resolveDns: options.resolveDns ??
       ((name, type, opts) =>

@@ -134,12 +134,12 @@ Deno.test("parseHostList() normalizes hosts and refuses ports, paths and schemes
  */
 function policy(
   table: Record<string, { A?: string[] | Error; AAAA?: string[] | Error }>,
-  options: { deployed?: boolean; allowedHosts?: string[] } = {},
+  options: { restricted?: boolean; allowedHosts?: string[] } = {},
 ): EgressPolicy & { lookups: string[] } {
   const lookups: string[] = [];
   return {
     ...egressPolicy({
-      exposed: options.deployed ?? true,
+      restricted: options.restricted ?? true,
       allowedHosts: options.allowedHosts ?? [],
       resolveDns: (name, type) => {
         lookups.push(`${name} ${type}`);
@@ -158,15 +158,15 @@ function policy(
   };
 }
 
-Deno.test("checkUrl() allows everything when not deployed, without DNS", async () => {
-  const p = policy({}, { deployed: false });
+Deno.test("checkUrl() allows everything when not restricted, without DNS", async () => {
+  const p = policy({}, { restricted: false });
   for (const url of ["http://127.0.0.1:9000/x", "http://unresolvable.test/"]) {
     assert.deepEqual(await checkUrl(url, p), { ok: true });
   }
   assert.deepEqual(p.lookups, []);
 });
 
-Deno.test("checkUrl() refuses private literals when deployed, naming the host", async () => {
+Deno.test("checkUrl() refuses private literals when restricted, naming the host", async () => {
   const p = policy({});
   assert.deepEqual(await checkUrl("http://[::ffff:127.0.0.1]:8080/x?k=v", p), {
     ok: false,

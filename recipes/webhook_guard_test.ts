@@ -50,7 +50,7 @@ async function deployedDeps(
     queue,
     now: () => NOW,
     egress: egressPolicy({
-      exposed: true,
+      restricted: true,
       allowedHosts: parseHostList(allowedHosts),
       resolveDns: fakeDns(dns),
     }),

@@ -9,7 +9,7 @@ import { type CharmRef, formatCharmRef } from "../charm/charm.ts";
 import type { DidKey } from "../charm/did.ts";
 import type { AnyRecipe } from "../charm/recipe.ts";
 import type { Config } from "../config/config.ts";
-import { dispatch, prefetchMessages } from "../handlers/dispatch.ts";
+import { dispatch, listenOptions } from "../handlers/dispatch.ts";
 import { resumeInterruptedFanouts } from "../handlers/fanout.ts";
 import { tick } from "../handlers/tick.ts";
 import { isLocalDevelopment } from "../identity/load_identity.ts";
@@ -116,7 +116,7 @@ export function createService(
     secrets: options.secrets ?? null,
     egress: options.egress ?? egressPolicy({
       // Webhooks may reach private addresses in local development only.
-      exposed: !isLocalDevelopment(options.env),
+      restricted: !isLocalDevelopment(options.env),
       allowedHosts: config.webhookAllowedHosts,
     }),
     signer: options.signer ?? null,
@@ -227,9 +227,7 @@ export function createService(
       } else {
         // A worker that stops (KV closed under it, a platform without
         // queues) is logged, not an unhandled rejection.
-        deps.queue.listen(onMessage, {
-          prefetch: (raws) => prefetchMessages(deps, raws),
-        }).catch((error) => {
+        deps.queue.listen(onMessage, listenOptions(deps)).catch((error) => {
           if (accepting) {
             log.error("Queue worker stopped: {error}", {
               error: toError(error).message,

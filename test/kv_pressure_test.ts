@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { z } from "zod";
 import type { CharmRef, CharmState } from "../charm/charm.ts";
 import { defineRecipe } from "../charm/recipe.ts";
-import { dispatch, prefetchMessages } from "../handlers/dispatch.ts";
+import { dispatch, listenOptions } from "../handlers/dispatch.ts";
 import { runKeyOf, type RunMessage } from "../handlers/messages.ts";
 import { runCharm, type RunRecord } from "../handlers/run_charm.ts";
 import { Semaphore } from "../lib/semaphore.ts";
@@ -158,7 +158,7 @@ async function _pressure(driver: (typeof DRIVERS)[number]): Promise<void> {
   // once, so the hot charm's runs start from reads gone stale.
   const listening = queue.listen(
     async (raw, delivery) => void await dispatch(deps, raw, delivery),
-    { prefetch: (raws) => prefetchMessages(deps, raws) },
+    listenOptions(deps),
   );
   try {
     const refs = await createCounters(deps, CHARMS);

@@ -92,7 +92,7 @@ export async function makeTestDeps(
     secrets: overrides.secrets === undefined
       ? await testSecretKeys()
       : overrides.secrets,
-    egress: egressPolicy({ exposed: false }),
+    egress: egressPolicy({ restricted: false }),
     signer: overrides.signer === undefined
       ? await Identity.fromPassphrase(TEST_SIGNER_PASSPHRASE)
       : overrides.signer,
