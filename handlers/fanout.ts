@@ -28,7 +28,10 @@ import {
   type CharmState,
   formatCharmRef,
 } from "../charm/charm.ts";
-import type { IntegrationConfig } from "../integrations/integration.ts";
+import type {
+  CharmRefPage,
+  IntegrationConfig,
+} from "../integrations/integration.ts";
 import { fnv1a32 } from "../lib/hash.ts";
 import { logger } from "../lib/log.ts";
 import type { ServiceDeps } from "../service/deps.ts";
@@ -193,12 +196,24 @@ export async function fanout(
     Math.floor(MAX_ENQUEUES_PER_COMMIT / slots.length),
   );
 
+  const readPage = async (cursor: string | null): Promise<_Page> => {
+    const page = await config.fetchCharms(kv, { cursor, limit: pageSize });
+    return {
+      cursor,
+      page,
+      entries: await readCharmsWithState(kv, page.charms),
+    };
+  };
+  let ahead: Promise<_Page> | null = null;
   while (entry.value !== null && entry.value.state === "running") {
-    const page = await config.fetchCharms(kv, {
-      cursor: entry.value.cursor,
-      limit: pageSize,
-    });
-    const entries = await readCharmsWithState(kv, page.charms);
+    const { cursor } = entry.value;
+    // The page read ahead, if it starts where this fan-out stands (after a
+    // lost commit, another delivery may have moved the cursor).
+    const early = await ahead?.catch(() => null);
+    ahead = null;
+    const { page, entries } = early?.cursor === cursor
+      ? early
+      : await readPage(cursor);
     const now = deps.now();
     const op = kv.atomic().check(entry);
     let enqueued = 0;
@@ -259,6 +274,14 @@ export async function fanout(
         : {}),
     };
     op.set(key, next, { expireIn: FANOUT_RECORD_TTL_MS });
+    // The next page is read while this one commits: the reads do not depend
+    // on the commit, and a fan-out's pages would otherwise wait for each
+    // other's KV requests one by one (docs/benchmarks.md). Only reads: a
+    // lost commit discards it.
+    if (page.cursor !== null) {
+      ahead = readPage(page.cursor);
+      ahead.catch(() => {});
+    }
     const commit = await op.commit();
     if (commit.ok) {
       result.enqueued += enqueued;
@@ -286,6 +309,14 @@ export async function fanout(
     },
   );
   return result;
+}
+
+/** One page of the registry with each charm's entries. */
+interface _Page {
+  /** Where the page starts. */
+  cursor: string | null;
+  page: CharmRefPage;
+  entries: Awaited<ReturnType<typeof readCharmsWithState>>;
 }
 
 function _skipReason(

@@ -11,7 +11,10 @@ import {
   SPACE,
   type TestDepsOptions,
 } from "../test/test_deps.ts";
+import { DEFAULT_SHARDS, type Job, kvQueue } from "../queue/kv_queue.ts";
+import { queueShardPrefix } from "../store/keys.ts";
 import { fanout, offsetMs, slotsInWindow, TICK_MS, tickOf } from "./fanout.ts";
+import type { RunMessage } from "./messages.ts";
 import { tick } from "./tick.ts";
 import { readServiceState } from "../store/service_state.ts";
 
@@ -19,7 +22,7 @@ const TICK = Date.UTC(2026, 10, 28, 12, 0);
 
 async function setup(options: TestDepsOptions = {}) {
   let clock = TICK;
-  const kv = await Deno.openKv(":memory:");
+  const kv = options.kv ?? await Deno.openKv(":memory:");
   const queue = recordingQueue(kv);
   const deps = await makeTestDeps({ kv, queue, now: () => clock, ...options });
   return {
@@ -98,6 +101,42 @@ Deno.test("fanout() of one tick delivered twice enqueues once", async () => {
   const again = await fanout(t.deps, options);
   assert.equal(again.claimed, false);
   assert.equal(again.enqueued, 0);
+});
+
+Deno.test("fanout() of a many-page tick delivered twice enqueues each charm once", async () => {
+  // The kv driver's jobs are KV entries: only committed enqueues count. Each
+  // fan-out reads its next page while a page commits; a delivery that loses
+  // a commit to the other must not enqueue from a page read ahead of a
+  // cursor that has moved on.
+  const kv = await Deno.openKv(":memory:");
+  const queue = kvQueue(kv, { owner: "test", leaseMs: 60_000, maxInFlight: 1 });
+  const t = await setup({ kv, queue });
+  await using _deps = t.deps;
+  const refs = await t.addCharms(450);
+  for (let minute = 0; minute < 6; minute++) {
+    const options = {
+      integration: "manual",
+      tickMs: TICK + minute * TICK_MS,
+      fromMs: TICK + minute * TICK_MS,
+      id: "cron",
+    };
+    const [a, b] = await Promise.all([
+      fanout(t.deps, options),
+      fanout(t.deps, options),
+    ]);
+    assert.equal(a.enqueued + b.enqueued, refs.length);
+  }
+  const enqueued = new Map<string, number>();
+  for (let shard = 0; shard < DEFAULT_SHARDS; shard++) {
+    const jobs = kv.list<Job>({ prefix: queueShardPrefix(shard) });
+    for await (const { value } of jobs) {
+      const message = value.message as RunMessage;
+      const run = `${message.charmId}@${message.slot}`;
+      enqueued.set(run, (enqueued.get(run) ?? 0) + 1);
+    }
+  }
+  assert.equal(enqueued.size, 6 * refs.length);
+  assert.deepEqual(new Set(enqueued.values()), new Set([1]));
 });
 
 Deno.test("fanout() skips disabled, missing and invalid charms", async () => {
