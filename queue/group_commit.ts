@@ -96,7 +96,12 @@ export function groupCommitter(
           waiting.length < limit && coming() > 0 && performance.now() < until
         ) {
           await new Promise<void>((resolve) => {
-            const timer = setTimeout(done, coalesceMs);
+            // What is left of the window: an arrival that wakes this loop
+            // must not restart it.
+            const timer = setTimeout(
+              done,
+              Math.max(0, until - performance.now()),
+            );
             arrived = done;
             function done() {
               clearTimeout(timer);

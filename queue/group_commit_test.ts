@@ -32,6 +32,23 @@ Deno.test("groupCommitter() commits parts that arrive together as one operation"
   }
 });
 
+Deno.test("groupCommitter() waits a moment for parts still coming, and no longer", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  // Handlers still running: the first part waits for them instead of
+  // committing alone, so all six share one commit. They never finish, and
+  // the group commits anyway once the wait is over.
+  const committer = groupCommitter(kv, { coming: () => 1 });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const results = await Promise.race([
+    commitAll(committer, 6, (i, op) => op.set(["jobs", i], i)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("still waiting")), 5_000);
+    }),
+  ]).finally(() => clearTimeout(timer));
+  assert.ok(results.every((r) => r.ok));
+  assert.equal(new Set(results.map((r) => r.ok && r.versionstamp)).size, 1);
+});
+
 Deno.test("groupCommitter() adds up a group's sums to one key, decrements included", async () => {
   await using kv = await Deno.openKv(":memory:");
   await kv.set(["disabled"], new Deno.KvU64(5n));
