@@ -128,14 +128,18 @@ export async function endToEnd(
     ? await _startWorker(store.path, options, fanoutAt)
     : null;
   // In one process every run's outcome is seen here, when its commit has
-  // landed: the clock stops at the last one, not at the next poll of KV.
-  let succeeded = 0;
-  const allSucceeded = Promise.withResolvers<void>();
+  // landed: the clock stops at the last one, not at the next poll of KV. A
+  // run that failed for good ends too (the caller reports how many did).
+  let finished = 0;
+  const allFinished = Promise.withResolvers<void>();
   const listening = queue.listen(
     (raw, delivery) =>
       dispatch(deps, raw, delivery).then((outcome) => {
-        if (outcome === "succeeded" && ++succeeded === options.charms) {
-          allSucceeded.resolve();
+        if (
+          (outcome === "succeeded" || outcome === "failed") &&
+          ++finished === options.charms
+        ) {
+          allFinished.resolve();
         }
       }),
     listenOptions(deps),
@@ -156,14 +160,14 @@ export async function endToEnd(
       );
     }
     const single = options.processes === 1;
-    if (single) await _within(allSucceeded.promise, options.timeoutMs);
+    if (single) await _within(allFinished.promise, options.timeoutMs);
     else await waitForRuns(store.kv, options.charms, options.timeoutMs);
     const elapsedMs = performance.now() - started;
+    const { user, system } = process.cpuUsage(cpu);
+    const busy = threadBusy(threads, threadCpu(), elapsedMs);
     // Every run went through, as KV records it: the figure counts what it
     // says.
     const state = await waitForRuns(store.kv, options.charms, 0);
-    const { user, system } = process.cpuUsage(cpu);
-    const busy = threadBusy(threads, threadCpu(), elapsedMs);
     const ops = totalOps(counts);
     return {
       runsPerSecond: options.charms / (elapsedMs / 1000),
