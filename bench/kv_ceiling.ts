@@ -7,15 +7,16 @@
  * - {@linkcode kvCeiling}: the `kv` driver's requests for pure runs. N charms
  *   seeded as the service stores them and N jobs in the job table; then, in
  *   batches of {@linkcode BATCH}: one `list` of due jobs (more when a shard
- *   runs dry), one claim commit, one `getMany` per run of the four keys a
- *   pure first try reads, and one commit of the batch's outcomes (the checks
+ *   runs dry), one claim commit, one `getMany` per run of the three keys a
+ *   pure first try reads (its state, which carries the record's recipe, and
+ *   both cells), and one commit of the batch's outcomes (the checks
  *   and writes of `handlers/run_charm.ts`'s pure path, the job deletes). Two
  *   loops on disjoint shards keep the SQLite thread busy.
  * - With `withFanout`, the jobs are not seeded before the clock starts: they
  *   are enqueued while the loops run, with the KV requests of a fan-out
  *   (`handlers/fanout.ts`), as the end-to-end figures are timed from the
  *   fan-out's start. Per page of 100 registered charms: one registry `list`,
- *   two range `list`s (the charms and their states), one commit (the fan-out
+ *   one range `list` (their states), one commit (the fan-out
  *   record checked and set, the jobs, the wake-up `sum`). This is the
  *   ceiling an end-to-end figure compares with; the other says what the runs
  *   alone cost.
@@ -24,13 +25,12 @@
  *
  * @module
  */
-import { type CharmRef, initialCharmState } from "../charm/charm.ts";
+import type { CharmRef, CharmState } from "../charm/charm.ts";
 import type { DidKey } from "../charm/did.ts";
 import { runKeyOf, type RunMessage } from "../handlers/messages.ts";
 import { DEFAULT_SHARDS, type Job } from "../queue/kv_queue.ts";
 import {
   cellKey,
-  charmKey,
   charmLeaseKey,
   charmStateKey,
   fanoutKey,
@@ -117,7 +117,7 @@ export async function kvCeiling(
 /**
  * Runs one repetition of the native driver's ceiling on a fresh KV: the
  * fan-out's requests enqueueing a message per charm on the native queue,
- * and a `listenQueue` handler making a pure run's requests (one four-key
+ * and a `listenQueue` handler making a pure run's requests (one three-key
  * `getMany`, one outcome commit), as many in flight as the queue delivers.
  * Compare with the native baseline: what is left between the two is the
  * read a run needs and its bigger commit.
@@ -255,7 +255,8 @@ async function _fanout(
       refs.push({ space: key.at(-2) as DidKey, charmId: String(key.at(-1)) });
     }
     if (refs.length === 0) break;
-    await Promise.all([charmKey, charmStateKey].map(async (keyOf) => {
+    // The states alone: each carries its record's recipe.
+    await Promise.all([charmStateKey].map(async (keyOf) => {
       const range = {
         start: keyOf(refs[0]!),
         end: [...keyOf(refs.at(-1)!), ""],
@@ -281,23 +282,23 @@ async function _fanout(
 
 /** What a pure first try reads, and checks absent without reading. */
 type _PureRead = readonly [
-  Deno.KvEntryMaybe<unknown>,
-  Deno.KvEntryMaybe<unknown>,
+  Deno.KvEntryMaybe<CharmState>,
   Deno.AtomicCheck,
   Deno.AtomicCheck,
   Deno.KvEntryMaybe<unknown>,
   Deno.KvEntryMaybe<unknown>,
 ];
 
+/** The state (with its record's recipe) and the cells: three keys. */
 async function _pureRead(kv: Deno.Kv, message: RunMessage): Promise<_PureRead> {
-  const [charm, state, argument, result] = await kv.getMany([
-    charmKey(message),
+  const [state, argument, result] = await kv.getMany<
+    [CharmState, unknown, unknown]
+  >([
     charmStateKey(message),
     cellKey(message, "argument"),
     cellKey(message, "result"),
   ]);
   return [
-    charm,
     state,
     { key: charmLeaseKey(message), versionstamp: null },
     { key: runKey(message, runKeyOf(message)), versionstamp: null },
@@ -306,13 +307,11 @@ async function _pureRead(kv: Deno.Kv, message: RunMessage): Promise<_PureRead> {
   ];
 }
 
-const STATE = initialCharmState();
-
 /** Adds a pure run's outcome to `op`: its checks and writes. */
 function _outcome(
   op: Deno.AtomicOperation,
   message: RunMessage,
-  [, state, lease, record, argument, result]: _PureRead,
+  [state, lease, record, argument, result]: _PureRead,
 ): Deno.AtomicOperation {
   const now = Date.now();
   op.check(lease).check(record).check(state).check(argument).check(result)
@@ -332,8 +331,8 @@ function _outcome(
     .sum(runCountKey(now - (now % 300_000), "succeeded"), 1n);
   // The state and, as its status changes, the status index: the store's own
   // write, so the ceiling writes what a run writes.
-  return writeCharmState(op, message, STATE, {
-    ...STATE,
+  return writeCharmState(op, message, state.value, {
+    ...state.value!,
     lastExecuted: now,
     totalAttempts: 1,
     totalExecutions: 1,

@@ -98,7 +98,10 @@ export async function seedCharmsBatched(
   const nowMs = options.nowMs ?? Date.now();
   const argument = options.recipe.argumentSchema.parse({});
   const result = options.recipe.initialResult(argument);
-  const state = initialCharmState();
+  const state = {
+    ...initialCharmState(),
+    record: { recipe: options.recipe.name, createdAt: nowMs },
+  };
   for (let i = from; i < end; i += SEED_BATCH) {
     const op = kv.atomic();
     const last = Math.min(end, i + SEED_BATCH);

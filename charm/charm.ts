@@ -57,6 +57,13 @@ export interface CharmState {
   minExecutionTimeMs: number | null;
   maxExecutionTimeMs: number | null;
   lastExecutionTimeMs: number | null;
+  /**
+   * The charm record's own fields, copied when the state is created, so a
+   * run and a fan-out read one entry per charm, not two (a record never
+   * changes). Absent in states written before it existed: readers then read
+   * the record. Internal: not part of the state the API shows.
+   */
+  record?: { recipe: string; createdAt: number };
 }
 
 /** Coarse status used for listing and filtering. */

@@ -35,7 +35,7 @@ import type {
 import { fnv1a32 } from "../lib/hash.ts";
 import { logger } from "../lib/log.ts";
 import type { ServiceDeps } from "../service/deps.ts";
-import { readCharmsWithState } from "../store/charms.ts";
+import { readStatesWithRecords } from "../store/charms.ts";
 import { fanoutKey, undeliveredKey } from "../store/keys.ts";
 import { runKeyOf, type RunMessage } from "./messages.ts";
 
@@ -201,7 +201,7 @@ export async function fanout(
     return {
       cursor,
       page,
-      entries: await readCharmsWithState(kv, page.charms),
+      entries: await readStatesWithRecords(kv, page.charms),
     };
   };
   let ahead: Promise<_Page> | null = null;
@@ -223,7 +223,7 @@ export async function fanout(
       why: string | null;
     }[] = [];
     page.charms.forEach((ref, i) => {
-      const charm = entries[i]!.charm.value;
+      const charm = entries[i]!.charm;
       const stateEntry = entries[i]!.state;
       const state = stateEntry?.value ?? null;
       const why = _skipReason(deps, config, charm, state);
@@ -316,7 +316,7 @@ interface _Page {
   /** Where the page starts. */
   cursor: string | null;
   page: CharmRefPage;
-  entries: Awaited<ReturnType<typeof readCharmsWithState>>;
+  entries: Awaited<ReturnType<typeof readStatesWithRecords>>;
 }
 
 function _skipReason(

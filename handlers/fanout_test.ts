@@ -12,7 +12,8 @@ import {
   type TestDepsOptions,
 } from "../test/test_deps.ts";
 import { DEFAULT_SHARDS, type Job, kvQueue } from "../queue/kv_queue.ts";
-import { queueShardPrefix } from "../store/keys.ts";
+import { charmStateKey, queueShardPrefix } from "../store/keys.ts";
+import type { CharmState } from "../charm/charm.ts";
 import { fanout, offsetMs, slotsInWindow, TICK_MS, tickOf } from "./fanout.ts";
 import type { RunMessage } from "./messages.ts";
 import { tick } from "./tick.ts";
@@ -137,6 +138,30 @@ Deno.test("fanout() of a many-page tick delivered twice enqueues each charm once
   }
   assert.equal(enqueued.size, 6 * refs.length);
   assert.deepEqual(new Set(enqueued.values()), new Set([1]));
+});
+
+Deno.test("fanout() reads the recipe from each state, and the record where an older state has no copy", async () => {
+  const t = await setup();
+  await using _deps = t.deps;
+  const refs = await t.addCharms(4);
+  // Two states written before states carried their record's copy.
+  for (const ref of refs.slice(1, 3)) {
+    const entry = await t.deps.kv.get<CharmState>(charmStateKey(ref));
+    const { record: _record, ...older } = entry.value!;
+    await t.deps.kv.set(charmStateKey(ref), older);
+  }
+  await setCharmDisabled(t.deps.kv, refs[2]!, true, "test");
+  const result = await fanout(t.deps, {
+    integration: "manual",
+    tickMs: TICK,
+    fromMs: TICK,
+    id: "x",
+  });
+  assert.deepEqual([result.enqueued, result.skipped], [3, 1]);
+  assert.deepEqual(
+    t.queue.sent.map((s) => s.message.charmId),
+    [refs[0], refs[1], refs[3]].map((ref) => ref!.charmId),
+  );
 });
 
 Deno.test("fanout() skips disabled, missing and invalid charms", async () => {

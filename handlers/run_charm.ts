@@ -62,7 +62,7 @@ import {
   decodeCell,
   encodeCell,
 } from "../store/cell_codec.ts";
-import { readCharmAndCells, writeCharmState } from "../store/charms.ts";
+import { readRunInputs, writeCharmState } from "../store/charms.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import { countRun } from "../store/recent_runs.ts";
 import {
@@ -199,7 +199,7 @@ export async function runCharm(
     : null;
   const read = prefetched ?? await _firstRead(deps, ref, run, message);
   // A duplicate needs no permit; a missing charm is dead-lettered below.
-  if (read[0].value !== null && _isDuplicate(read[3].value, message)) {
+  if (read[0] !== null && _isDuplicate(read[3].value, message)) {
     log.debug("Dropped a duplicate delivery");
     return "duplicate";
   }
@@ -231,9 +231,12 @@ function _firstRead(
     : _readRun(deps.kv, ref, run);
 }
 
-/** The charm, its state, lease, run record and cells, read at once. */
+/**
+ * The charm's record (`null`: no such charm), its state, lease, run record
+ * and cells, read at once.
+ */
 type RunRead = [
-  Deno.KvEntryMaybe<Charm>,
+  Charm | null,
   Deno.KvEntryMaybe<CharmState>,
   Deno.KvEntryMaybe<Lease>,
   Deno.KvEntryMaybe<RunRecord>,
@@ -246,7 +249,7 @@ async function _readRun(
   ref: CharmRef,
   run: string,
 ): Promise<RunRead> {
-  return await kv.getMany<
+  const [charm, ...rest] = await kv.getMany<
     [Charm, CharmState, Lease, RunRecord, unknown, unknown]
   >([
     charmKey(ref),
@@ -255,13 +258,15 @@ async function _readRun(
     runKey(ref, run),
     cellKey(ref, "argument"),
     cellKey(ref, "result"),
-  ]) as RunRead;
+  ]);
+  return [charm.value, ...rest] as RunRead;
 }
 
 /**
  * The first read of a first attempt. Most such runs find no lease and no run
- * record, and a pure run does not need to look: it reads the charm, state
- * and cells (four keys, not six: the KV's per-key cost bounds throughput),
+ * record, and a pure run does not need to look: it reads the state (which
+ * carries the record's recipe) and cells (three keys, not six: the KV's
+ * per-key cost bounds throughput),
  * and its outcome commit checks the lease and the record absent. If either
  * exists (a duplicate delivery, a leased run of the charm) that commit fails
  * and the claim loop reads all six. Any other run reads the lease and record
@@ -274,18 +279,14 @@ async function _readFirstTry(
   run: string,
   message: RunMessage,
 ): Promise<RunRead> {
-  const [charm, state, argument, result] = await readCharmAndCells(
-    deps.kv,
-    ref,
-  );
+  const [charm, state, argument, result] = await readRunInputs(deps.kv, ref);
   const assumedAbsent = <T>(key: Deno.KvKey): Deno.KvEntryMaybe<T> => ({
     key,
     value: null,
     versionstamp: null,
   });
   // A missing charm is dead-lettered on this read alone.
-  const [lease, record] = charm.value === null ||
-      _isPure(deps, charm.value, message)
+  const [lease, record] = charm === null || _isPure(deps, charm, message)
     ? [
       assumedAbsent<Lease>(charmLeaseKey(ref)),
       assumedAbsent<RunRecord>(runKey(ref, run)),
@@ -319,8 +320,7 @@ async function _claimAndRun(
     read ??= await _readRun(kv, ref, run);
     const current = read;
     read = null;
-    const [charmEntry, stateEntry, leaseEntry, recordEntry] = current;
-    const charm = charmEntry.value;
+    const [charm, stateEntry, leaseEntry, recordEntry] = current;
     if (charm === null) {
       await writeDeadLetter(
         kv,
@@ -606,7 +606,7 @@ async function _runLeased(
         argumentRead = null;
       }
     }
-    const writes = _outcomeWrites(deps, ref, run, message, result, stateNow);
+    const writes = _outcomeWrites(deps, charm, run, message, result, stateNow);
     const { ok } = await delivery.commit((op) => {
       op.check(leaseNow).check(stateNow).delete(charmLeaseKey(ref));
       if (argumentRead !== null) op.check(argumentRead);
@@ -657,7 +657,7 @@ async function _runOptimistic(
     return "interrupted";
   }
   const result = await _finish(deps, charm, ref, execution);
-  const writes = _outcomeWrites(deps, ref, run, message, result, stateEntry);
+  const writes = _outcomeWrites(deps, charm, run, message, result, stateEntry);
   const { ok } = await delivery.commit((op) => {
     op.check(leaseEntry).check(recordEntry).check(stateEntry)
       .check(argEntry).check(resEntry);
@@ -1006,7 +1006,7 @@ interface OutcomeWrites {
  */
 function _outcomeWrites(
   deps: ServiceDeps,
-  ref: CharmRef,
+  charm: Charm,
   run: string,
   message: RunMessage,
   { execution, storedCells }: Finished,
@@ -1014,7 +1014,14 @@ function _outcomeWrites(
 ): OutcomeWrites {
   const { policy } = deps;
   const now = deps.now();
-  const before = stateEntry.value ?? initialCharmState();
+  const ref: CharmRef = { space: charm.space, charmId: charm.charmId };
+  const stored = stateEntry.value ?? initialCharmState();
+  // A state written before states carried their record's copy gets it now,
+  // so the charm's next runs read one key less.
+  const before = stored.record !== undefined ? stored : {
+    ...stored,
+    record: { recipe: charm.recipe, createdAt: charm.createdAt },
+  };
   const timed = _withTiming(before, execution.durationMs, now);
   const ttl = { expireIn: runRecordTtlMs(policy.intervalMs) };
   const base: RunRecord = {

@@ -23,6 +23,7 @@ import {
   waitFor,
 } from "../test/test_deps.ts";
 import { directDelivery } from "../queue/queue.ts";
+import { countingKv } from "../bench/counting_kv.ts";
 import { dispatch, prefetchMessages } from "./dispatch.ts";
 import { Prefetched } from "./prefetch.ts";
 import { type Lease, runCharm, type RunRecord } from "./run_charm.ts";
@@ -103,6 +104,39 @@ Deno.test("runCharm() runs a pure recipe without a lease or a running record", a
   const state = await t.kv.get<CharmState>(charmStateKey(ref));
   assert.equal(state.value?.totalSuccesses, 1);
   assert.equal((await t.kv.get(charmLeaseKey(ref))).value, null);
+});
+
+Deno.test("runCharm() reads a pure first try's recipe from the state, and gives an older state the record's copy", async () => {
+  const counter = gatedCounter(Array(2).fill(Promise.resolve()), () => {});
+  const t = await setup(counter.recipe);
+  await using _deps = t.deps;
+  const { kv: counted, counts } = countingKv(t.kv);
+  const deps = { ...t.deps, kv: counted };
+  const ref = await t.create(counter.recipe.name);
+  const stateOf = async () =>
+    (await t.kv.get<CharmState>(charmStateKey(ref))).value!;
+  assert.deepEqual((await stateOf()).record, {
+    recipe: counter.recipe.name,
+    createdAt: SLOT,
+  });
+
+  // One three-key read: the charm record itself is not read.
+  assert.equal(await runCharm(deps, runMessageFor(ref, SLOT)), "succeeded");
+  assert.deepEqual([counts.getMany, counts.get], [1, 0]);
+
+  // A state written before states carried the copy: the run reads the
+  // record too, and its outcome adds the copy.
+  const { record: _record, ...older } = await stateOf();
+  await t.kv.set(charmStateKey(ref), older);
+  Object.assign(counts, { getMany: 0, get: 0 });
+  const next = runMessageFor(ref, SLOT + 60_000);
+  assert.equal(await runCharm(deps, next), "succeeded");
+  assert.deepEqual([counts.getMany, counts.get], [1, 1]);
+  assert.equal(await t.runs(ref), 2);
+  assert.deepEqual((await stateOf()).record, {
+    recipe: counter.recipe.name,
+    createdAt: SLOT,
+  });
 });
 
 Deno.test("runCharm() records two concurrent deliveries of a pure run once", async () => {

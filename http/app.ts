@@ -44,6 +44,7 @@ import {
   getCharmSummary,
   listCharms,
   registerCharm,
+  shownState,
   unregisterCharm,
 } from "../store/charms.ts";
 import { redactCell } from "../store/cell_codec.ts";
@@ -375,7 +376,7 @@ export function createApp(
     log.info("Replaced the argument of {charm}", {
       charm: formatCharmRef(ref),
     });
-    return c.json({ status: charmStatus(state), state });
+    return c.json({ status: charmStatus(state), state: shownState(state) });
   });
 
   app.post("/api/charms/:space/:charmId/run", async (c) => {

@@ -494,6 +494,13 @@ Deno.test("POST .../disable and .../enable change the charm's state", async () =
   assert.equal(enabled.status, "ok");
   assert.equal((enabled.state as Record<string, unknown>).disabled, false);
   assert.equal((enabled.state as Record<string, unknown>).disabledReason, null);
+  // The state's internal copy of the record is not part of what is shown.
+  const detail = await _expect(200, h.call("GET", _charmPath("c1", "")));
+  const list = await _expect(200, h.call("GET", "/api/charms"));
+  const listed = (list.charms as { state: object }[])[0]!.state;
+  for (const shown of [state, enabled.state, detail.state, listed]) {
+    assert.equal(Object.hasOwn(shown as object, "record"), false);
+  }
 
   await _expect(404, h.call("POST", _charmPath("nope", "/enable")));
   await _expect(404, h.call("POST", _charmPath("nope", "/disable")));

@@ -16,7 +16,11 @@ import { runKeyOf, type RunMessage } from "../handlers/messages.ts";
 import { ConflictError, NotFoundError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import type { ServiceDeps } from "../service/deps.ts";
-import { getCharmDetail, setCharmDisabled } from "../store/charms.ts";
+import {
+  getCharmDetail,
+  setCharmDisabled,
+  shownState,
+} from "../store/charms.ts";
 import { undeliveredKey } from "../store/keys.ts";
 
 /**
@@ -111,5 +115,5 @@ export async function setDisabledByHand(
     action: disabled ? "disabled" : "enabled",
     charm: formatCharmRef(ref),
   });
-  return { status: charmStatus(state), state };
+  return { status: charmStatus(state), state: shownState(state) };
 }

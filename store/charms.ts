@@ -38,6 +38,7 @@ import {
   addToCounter,
   cellSize,
   getManyByRange,
+  getManyChunked,
   MAX_CELL_BYTES,
 } from "./kv_util.ts";
 
@@ -63,7 +64,14 @@ export function writeCharmState(
   before: CharmState | null,
   after: CharmState,
 ): Deno.AtomicOperation {
-  op.set(charmStateKey(ref), after);
+  // The record's copy goes wherever the state goes (a state built afresh
+  // would drop it).
+  op.set(
+    charmStateKey(ref),
+    after.record === undefined && before?.record !== undefined
+      ? { ...after, record: before.record }
+      : after,
+  );
   const oldStatus = before === null ? null : charmStatus(before);
   const newStatus = charmStatus(after);
   if (oldStatus !== newStatus) {
@@ -167,7 +175,10 @@ export async function createCharm(
       cellKey(ref, "result"),
       await encodeCell(secrets, recipe, ref, "result", result),
     );
-  writeCharmState(op, ref, null, initialCharmState());
+  writeCharmState(op, ref, null, {
+    ...initialCharmState(),
+    record: { recipe: charm.recipe, createdAt: charm.createdAt },
+  });
   addToCounter(op, serviceCounterKey("charms"), 1);
   const { ok } = await op.commit();
   if (!ok) {
@@ -205,8 +216,82 @@ export async function getCharmSummary(
     charmStateKey(ref),
   ]);
   if (charm.value === null) return null;
-  const s = state.value ?? initialCharmState();
+  const s = shownState(state.value);
   return { ...charm.value, status: charmStatus(s), state: s };
+}
+
+/**
+ * A state as listings and the API show it: the initial one if there is none,
+ * without the record's copy (the record's fields are beside it).
+ */
+export function shownState(state: CharmState | null): CharmState {
+  if (state === null) return initialCharmState();
+  const { record: _record, ...shown } = state;
+  return shown;
+}
+
+/** The charm record a state carries a copy of, if it does. */
+export function recordOf(
+  ref: CharmRef,
+  state: CharmState | null,
+): Charm | null {
+  const record = state?.record;
+  return record === undefined
+    ? null
+    : { space: ref.space, charmId: ref.charmId, ...record };
+}
+
+/**
+ * A charm's record, its state and both cells, as a run reads them: three
+ * keys when the state carries the record's copy (every state written since
+ * it does), else the record too. The record is a value, not an entry:
+ * nothing checks it (it never changes).
+ */
+export async function readRunInputs(
+  kv: Deno.Kv,
+  ref: CharmRef,
+): Promise<
+  [
+    Charm | null,
+    Deno.KvEntryMaybe<CharmState>,
+    Deno.KvEntryMaybe<unknown>,
+    Deno.KvEntryMaybe<unknown>,
+  ]
+> {
+  const [state, argument, result] = await kv.getMany<
+    [CharmState, unknown, unknown]
+  >([
+    charmStateKey(ref),
+    cellKey(ref, "argument"),
+    cellKey(ref, "result"),
+  ]);
+  const charm = recordOf(ref, state.value) ??
+    (await kv.get<Charm>(charmKey(ref))).value;
+  return [charm, state, argument, result];
+}
+
+/**
+ * The states of `refs` (given in key order) and their records, as the
+ * fan-out reads a page: one range scan of the states, and the records only
+ * of charms whose state carries no copy of it (states written before it
+ * did, or none: a missing charm).
+ */
+export async function readStatesWithRecords(
+  kv: Deno.Kv,
+  refs: readonly CharmRef[],
+): Promise<{ charm: Charm | null; state: Deno.KvEntryMaybe<CharmState> }[]> {
+  const states = await getManyByRange<CharmState>(kv, refs.map(charmStateKey));
+  const charms = refs.map((ref, i) => recordOf(ref, states[i]!.value));
+  const missing = refs.flatMap((_, i) => charms[i] === null ? [i] : []);
+  if (missing.length > 0) {
+    const keys = missing.map((i) => charmKey(refs[i]!));
+    // All of them (an older store): a range; a few: by key.
+    const records = missing.length === refs.length
+      ? await getManyByRange<Charm>(kv, keys)
+      : await getManyChunked<Charm>(kv, keys);
+    missing.forEach((i, j) => (charms[i] = records[j]!.value));
+  }
+  return refs.map((_, i) => ({ charm: charms[i]!, state: states[i]! }));
 }
 
 /** A charm, its state and both cells, in one read (entries, for checks). */
@@ -244,7 +329,7 @@ export async function getCharmDetail(
   for await (const entry of kv.list({ prefix: charmIntegrationsPrefix(ref) })) {
     integrations.push(String(entry.key.at(-1)));
   }
-  const s = state.value ?? initialCharmState();
+  const s = shownState(state.value);
   return {
     ...charm.value,
     status: charmStatus(s),
@@ -330,8 +415,7 @@ export async function listCharms(
     last = scanned[i]!;
     const charm = entries[i]!.charm.value;
     if (!charm) continue;
-    const state = entries[i]!.state.value ??
-      initialCharmState();
+    const state = shownState(entries[i]!.state.value);
     const status = charmStatus(state);
     if (filterBoth && status !== options.status) continue;
     charms.push({ ...charm, status, state });
