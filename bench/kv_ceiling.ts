@@ -331,7 +331,8 @@ function _outcome(
     .sum(runCountKey(now - (now % 300_000), "succeeded"), 1n);
   // The state and, as its status changes, the status index: the store's own
   // write, so the ceiling writes what a run writes.
-  return writeCharmState(op, message, state.value, {
+  const charm = { ...message, ...state.value!.record! };
+  return writeCharmState(op, charm, state.value, {
     ...state.value!,
     lastExecuted: now,
     totalAttempts: 1,

@@ -58,10 +58,11 @@ export interface CharmState {
   maxExecutionTimeMs: number | null;
   lastExecutionTimeMs: number | null;
   /**
-   * The charm record's own fields, copied when the state is created, so a
-   * run and a fan-out read one entry per charm, not two (a record never
-   * changes). Absent in states written before it existed: readers then read
-   * the record. Internal: not part of the state the API shows.
+   * The charm record's own fields, copied with every state write
+   * (`writeCharmState`), so a run and a fan-out read one entry per charm,
+   * not two (a record never changes). Absent in states not written since it
+   * existed: readers then read the record. Internal: not part of the state
+   * the API shows.
    */
   record?: { recipe: string; createdAt: number };
 }

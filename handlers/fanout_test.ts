@@ -151,6 +151,11 @@ Deno.test("fanout() reads the recipe from each state, and the record where an ol
     await t.deps.kv.set(charmStateKey(ref), older);
   }
   await setCharmDisabled(t.deps.kv, refs[2]!, true, "test");
+  // Any state write adds the copy (a charm that never runs gets it too).
+  const recordOf = async (i: number) =>
+    (await t.deps.kv.get<CharmState>(charmStateKey(refs[i]!))).value!.record;
+  assert.equal(await recordOf(1), undefined);
+  assert.equal((await recordOf(2))?.recipe, "counter");
   const result = await fanout(t.deps, {
     integration: "manual",
     tickMs: TICK,

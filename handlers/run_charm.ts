@@ -1015,13 +1015,7 @@ function _outcomeWrites(
   const { policy } = deps;
   const now = deps.now();
   const ref: CharmRef = { space: charm.space, charmId: charm.charmId };
-  const stored = stateEntry.value ?? initialCharmState();
-  // A state written before states carried their record's copy gets it now,
-  // so the charm's next runs read one key less.
-  const before = stored.record !== undefined ? stored : {
-    ...stored,
-    record: { recipe: charm.recipe, createdAt: charm.createdAt },
-  };
+  const before = stateEntry.value ?? initialCharmState();
   const timed = _withTiming(before, execution.durationMs, now);
   const ttl = { expireIn: runRecordTtlMs(policy.intervalMs) };
   const base: RunRecord = {
@@ -1055,7 +1049,7 @@ function _outcomeWrites(
         op.set(runKey(ref, run), { ...base, state: "succeeded" }, ttl);
         counter(op, "Successes");
         countRun(op, now, "succeeded");
-        writeCharmState(op, ref, stateEntry.value, after);
+        writeCharmState(op, charm, stateEntry.value, after);
       },
     };
   }
@@ -1089,7 +1083,7 @@ function _outcomeWrites(
           delayMs,
           undeliveredKey: undeliveredKey(ref, run, next.attempt),
         });
-        writeCharmState(op, ref, stateEntry.value, withError);
+        writeCharmState(op, charm, stateEntry.value, withError);
       },
     };
   }
@@ -1136,7 +1130,7 @@ function _outcomeWrites(
       );
       counter(op, "Failures");
       countRun(op, now, "failed");
-      writeCharmState(op, ref, stateEntry.value, after);
+      writeCharmState(op, charm, stateEntry.value, after);
     },
   };
 }

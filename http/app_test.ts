@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { configure, reset } from "@logtape/logtape";
 import { z } from "zod";
-import type { CharmState } from "../charm/charm.ts";
+import type { Charm, CharmState } from "../charm/charm.ts";
 import { defineRecipe } from "../charm/recipe.ts";
 import { parseMessage } from "../handlers/messages.ts";
 import { memorySink } from "../lib/log.ts";
 import { writeCharmState } from "../store/charms.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
-import { charmStateKey } from "../store/keys.ts";
+import { charmKey, charmStateKey } from "../store/keys.ts";
 import { updateServiceTimes } from "../store/service_state.ts";
 import { OTHER_SPACE, recordingQueue, SPACE } from "../test/test_deps.ts";
 import { MAX_BODY_BYTES } from "./app.ts";
@@ -913,8 +913,12 @@ Deno.test("PUT .../argument un-parks a charm that needs re-authentication; GET r
     needsReauthReason: "invalid_grant",
   };
   assert.ok(
-    (await writeCharmState(h.deps.kv.atomic(), ref, before, parked).commit())
-      .ok,
+    (await writeCharmState(
+      h.deps.kv.atomic(),
+      (await h.deps.kv.get<Charm>(charmKey(ref))).value!,
+      before,
+      parked,
+    ).commit()).ok,
   );
   const listed = await _expect(
     200,

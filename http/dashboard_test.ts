@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { initialCharmState } from "../charm/charm.ts";
+import { type Charm, initialCharmState } from "../charm/charm.ts";
 import { setCharmDisabled, writeCharmState } from "../store/charms.ts";
-import { charmStateKey } from "../store/keys.ts";
+import { charmKey, charmStateKey } from "../store/keys.ts";
 import { countRun } from "../store/recent_runs.ts";
 import { SPACE } from "../test/test_deps.ts";
 import { escapeHtml, html } from "./dashboard.ts";
@@ -53,9 +53,10 @@ Deno.test("GET / shows health, counters and charms, failing and disabled first",
     true,
     "by test",
   );
+  const failingRef = { space: SPACE, charmId: "c-failing" };
   await writeCharmState(
     h.deps.kv.atomic(),
-    { space: SPACE, charmId: "c-failing" },
+    (await h.deps.kv.get<Charm>(charmKey(failingRef))).value!,
     initialCharmState(),
     {
       ...initialCharmState(),

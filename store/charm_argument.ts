@@ -86,7 +86,7 @@ export async function replaceCharmArgument(
     let after = before;
     if (before.needsReauth) {
       after = { ...before, needsReauth: false, needsReauthReason: null };
-      writeCharmState(op, ref, state.value, after);
+      writeCharmState(op, charm.value, state.value, after);
     }
     if ((await op.commit()).ok) return after;
   }

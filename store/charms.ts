@@ -56,21 +56,23 @@ export interface CharmDetail extends CharmSummary {
 
 /**
  * Adds the state write, status-index move and disabled-counter change for a
- * state transition to `op`. `before` is `null` for a new charm.
+ * state transition of `charm` to `op`. `before` is `null` for a new charm.
+ * The state written carries the record's copy (`CharmState.record`), so a
+ * state written before states carried it gets it with its next write.
  */
 export function writeCharmState(
   op: Deno.AtomicOperation,
-  ref: CharmRef,
+  charm: Charm,
   before: CharmState | null,
   after: CharmState,
 ): Deno.AtomicOperation {
-  // The record's copy goes wherever the state goes (a state built afresh
-  // would drop it).
+  const ref: CharmRef = { space: charm.space, charmId: charm.charmId };
   op.set(
     charmStateKey(ref),
-    after.record === undefined && before?.record !== undefined
-      ? { ...after, record: before.record }
-      : after,
+    after.record !== undefined ? after : {
+      ...after,
+      record: { recipe: charm.recipe, createdAt: charm.createdAt },
+    },
   );
   const oldStatus = before === null ? null : charmStatus(before);
   const newStatus = charmStatus(after);
@@ -175,10 +177,7 @@ export async function createCharm(
       cellKey(ref, "result"),
       await encodeCell(secrets, recipe, ref, "result", result),
     );
-  writeCharmState(op, ref, null, {
-    ...initialCharmState(),
-    record: { recipe: charm.recipe, createdAt: charm.createdAt },
-  });
+  writeCharmState(op, charm, null, initialCharmState());
   addToCounter(op, serviceCounterKey("charms"), 1);
   const { ok } = await op.commit();
   if (!ok) {
@@ -285,8 +284,9 @@ export async function readStatesWithRecords(
   const missing = refs.flatMap((_, i) => charms[i] === null ? [i] : []);
   if (missing.length > 0) {
     const keys = missing.map((i) => charmKey(refs[i]!));
-    // All of them (an older store): a range; a few: by key.
-    const records = missing.length === refs.length
+    // Many (an older store): a range, which reads what it skips by key; a
+    // few: by key.
+    const records = missing.length > 10
       ? await getManyByRange<Charm>(kv, keys)
       : await getManyChunked<Charm>(kv, keys);
     missing.forEach((i, j) => (charms[i] = records[j]!.value));
@@ -486,7 +486,9 @@ export async function registerCharm(
       op.set(integrationCharmKey(integration, ref), { addedAt: nowMs })
         .set(charmIntegrationKey(ref, integration), true);
     }
-    if (reenabled) writeCharmState(op, ref, before, enabledState(before));
+    if (reenabled) {
+      writeCharmState(op, charm.value, before, enabledState(before));
+    }
     if (!added && !reenabled) return { added, reenabled };
     if ((await op.commit()).ok) return { added, reenabled };
   }
@@ -537,13 +539,13 @@ export async function setCharmDisabled(
   reason: string,
 ): Promise<CharmState> {
   for (let attempt = 0; attempt < 10; attempt++) {
-    const [, state] = await readCharmForUpdate(kv, ref);
+    const [charm, state] = await readCharmForUpdate(kv, ref);
     const before = state.value ?? initialCharmState();
     const after = disabled
       ? { ...before, disabled: true, disabledReason: reason }
       : enabledState(before);
     const op = kv.atomic().check(state);
-    writeCharmState(op, ref, state.value, after);
+    writeCharmState(op, charm.value, state.value, after);
     if ((await op.commit()).ok) return after;
   }
   throw new Error(
