@@ -28,19 +28,12 @@ function _driver(name: "native" | "kv"): DriverFactory {
     create(kv, maxConcurrent, owner) {
       const queue = createQueue(
         kv,
-        name === "native"
-          ? {
-            driver: "native",
-            worker: "listener",
-            reason: "benchmark",
-            localKv: true,
-          }
-          : {
-            driver: "kv",
-            worker: "loop",
-            reason: "benchmark",
-            localKv: true,
-          },
+        {
+          driver: name,
+          worker: name === "native" ? "listener" : "loop",
+          reason: "benchmark",
+          localKv: true,
+        },
         {
           maxConcurrentJobs: maxConcurrent,
           charmExecutionTimeoutMs: DEFAULTS.charmExecutionTimeoutMs,

@@ -46,7 +46,7 @@ import { type KvKind, openBenchKv } from "./bench_kv.ts";
 import { noopRecipe } from "./recipes.ts";
 import { type ThreadBusy, threadBusy, threadCpu } from "./threads.ts";
 import { benchCharmRef, seedCharmsBatched } from "./seed.ts";
-import { writeCharmState } from "../store/charms.ts";
+import { recordOf, writeCharmState } from "../store/charms.ts";
 
 /**
  * Jobs per claim and per outcome commit: as many as one local commit takes.
@@ -255,16 +255,15 @@ async function _fanout(
       refs.push({ space: key.at(-2) as DidKey, charmId: String(key.at(-1)) });
     }
     if (refs.length === 0) break;
-    // The states alone: each carries its record's recipe.
-    await Promise.all([charmStateKey].map(async (keyOf) => {
-      const range = {
-        start: keyOf(refs[0]!),
-        end: [...keyOf(refs.at(-1)!), ""],
-      };
-      for await (const _ of kv.list(range, { limit: refs.length * 4 })) {
-        // Read, as the fan-out reads them.
-      }
-    }));
+    // The states alone (each carries its record's recipe), as the fan-out
+    // reads them.
+    const states = {
+      start: charmStateKey(refs[0]!),
+      end: [...charmStateKey(refs.at(-1)!), ""],
+    };
+    for await (const _ of kv.list(states, { limit: refs.length * 4 })) {
+      // Read only.
+    }
     const op = kv.atomic().check(entry);
     for (const ref of refs) enqueue(op, ref);
     cursor = iterator.cursor;
@@ -331,8 +330,7 @@ function _outcome(
     .sum(runCountKey(now - (now % 300_000), "succeeded"), 1n);
   // The state and, as its status changes, the status index: the store's own
   // write, so the ceiling writes what a run writes.
-  const charm = { ...message, ...state.value!.record! };
-  return writeCharmState(op, charm, state.value, {
+  return writeCharmState(op, recordOf(message, state.value)!, state.value, {
     ...state.value!,
     lastExecuted: now,
     totalAttempts: 1,
