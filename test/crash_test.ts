@@ -109,16 +109,29 @@ for (const driver of ["kv", "native"] as const) {
 
         // Settle: every run record final, no job due before the last restart
         // left undelivered (the native queue redelivers a crashed process's
-        // in-flight messages about a minute after reopening).
+        // in-flight messages about a minute after reopening). A slot that
+        // reached the receiver before the restart must be final too, even if
+        // its attempt ran again after it (its record's startedAt is then
+        // later): that is what check 1 below asserts.
+        const slotOf = (charmId: unknown, slot: unknown) =>
+          `${String(charmId)}@${String(slot)}`;
+        const calledBefore = () =>
+          new Set(
+            receiver.calls
+              .filter((call) => call.at < lastRestart)
+              .map((call) => slotOf(call.body.charmId, call.body.slot)),
+          );
         await waitFor(
           "every started run to reach an outcome",
           async () => {
+            const called = calledBefore();
             for await (
               const entry of kv.list<RunRecord>({ prefix: ["runs"] })
             ) {
               const r = entry.value;
               if (r.state === "running" || r.state === "retrying") {
                 if ((r.startedAt ?? 0) < lastRestart) return false;
+                if (called.has(slotOf(entry.key[2], r.slot))) return false;
               }
             }
             return true;
@@ -133,13 +146,10 @@ for (const driver of ["kv", "native"] as const) {
         //    outcome on record.
         const records = new Map<string, RunRecord>();
         for await (const entry of kv.list<RunRecord>({ prefix: ["runs"] })) {
-          records.set(
-            `${String(entry.key[2])}@${entry.value.slot}`,
-            entry.value,
-          );
+          records.set(slotOf(entry.key[2], entry.value.slot), entry.value);
         }
         for (const call of receiver.calls) {
-          const record = records.get(`${call.body.charmId}@${call.body.slot}`);
+          const record = records.get(slotOf(call.body.charmId, call.body.slot));
           assert.ok(
             record,
             `${call.body.charmId}@${call.body.slot}: no run record`,
