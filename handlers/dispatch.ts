@@ -32,27 +32,30 @@ export const HANDLERS = {
 
 /**
  * Parses messages claimed ahead of their delivery and starts each one's first
- * read (`queue/queue.ts` `Prefetch`). A malformed message gets nothing: its
- * delivery dead-letters it.
+ * read (`queue/queue.ts` `Prefetch`), or takes it from the message's snapshot.
+ * A malformed message gets nothing: its delivery dead-letters it.
  */
 export function prefetchMessages(
   deps: ServiceDeps,
   raws: readonly unknown[],
+  snapshots: readonly unknown[] = [],
 ): (Prefetched | undefined)[] {
-  return raws.map((raw) => {
+  return raws.map((raw, i) => {
     const parsed = parseMessage(raw);
     if (!parsed.ok) return undefined;
     return new Prefetched(
       raw,
       parsed.message,
-      prefetchRun(deps, parsed.message),
+      prefetchRun(deps, parsed.message, snapshots[i]),
     );
   });
 }
 
 /** How a queue listens for {@linkcode dispatch}: with its prefetch. */
 export function listenOptions(deps: ServiceDeps): ListenOptions {
-  return { prefetch: (raws) => prefetchMessages(deps, raws) };
+  return {
+    prefetch: (raws, snapshots) => prefetchMessages(deps, raws, snapshots),
+  };
 }
 
 /**

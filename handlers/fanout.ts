@@ -37,6 +37,7 @@ import { logger } from "../lib/log.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { readStatesWithRecords } from "../store/charms.ts";
 import { fanoutKey, undeliveredKey } from "../store/keys.ts";
+import { readPageCells, runSnapshot } from "../store/run_snapshot.ts";
 import { runKeyOf, type RunMessage } from "./messages.ts";
 
 /** Length of one cron tick's window. */
@@ -196,13 +197,17 @@ export async function fanout(
     Math.floor(MAX_ENQUEUES_PER_COMMIT / slots.length),
   );
 
+  // With a driver that keeps snapshots, each run is enqueued with what its
+  // first read would find: the states read here and the page's cells, one
+  // more range `list` per page instead of a read per run.
+  const snapshots = deps.queue.keepsSnapshots === true;
   const readPage = async (cursor: string | null): Promise<_Page> => {
     const page = await config.fetchCharms(kv, { cursor, limit: pageSize });
-    return {
-      cursor,
-      page,
-      entries: await readStatesWithRecords(kv, page.charms),
-    };
+    const [entries, cells] = await Promise.all([
+      readStatesWithRecords(kv, page.charms),
+      snapshots ? readPageCells(kv, page.charms) : null,
+    ]);
+    return { cursor, page, entries, cells };
   };
   let ahead: Promise<_Page> | null = null;
   while (entry.value !== null && entry.value.state === "running") {
@@ -211,7 +216,7 @@ export async function fanout(
     // lost commit, another delivery may have moved the cursor).
     const early = await ahead?.catch(() => null);
     ahead = null;
-    const { page, entries } = early?.cursor === cursor
+    const { page, entries, cells } = early?.cursor === cursor
       ? early
       : await readPage(cursor);
     const now = deps.now();
@@ -245,6 +250,11 @@ export async function fanout(
         return;
       }
       const offset = offsetMs(ref, integration.id, policy.intervalMs);
+      // For the first slot only: the first slot's run changes the state, so
+      // the next slot's would be stale.
+      const snapshot = cells?.[i] && stateEntry
+        ? runSnapshot(stateEntry, ...cells[i])
+        : null;
       for (const slot of slots) {
         const message: RunMessage = {
           type: "run",
@@ -260,6 +270,7 @@ export async function fanout(
         deps.queue.enqueue(op, message, {
           delayMs: Math.max(0, slot + offset - now),
           undeliveredKey: undeliveredKey(ref, runKeyOf(message), 1),
+          ...(snapshot !== null && slot === slots[0] ? { snapshot } : {}),
         });
         enqueued++;
       }
@@ -317,6 +328,8 @@ interface _Page {
   cursor: string | null;
   page: CharmRefPage;
   entries: Awaited<ReturnType<typeof readStatesWithRecords>>;
+  /** Each charm's cells, for snapshots; `null` when not read. */
+  cells: Awaited<ReturnType<typeof readPageCells>>;
 }
 
 function _skipReason(

@@ -12,7 +12,8 @@ import {
   type TestDepsOptions,
 } from "../test/test_deps.ts";
 import { DEFAULT_SHARDS, type Job, kvQueue } from "../queue/kv_queue.ts";
-import { charmStateKey, queueShardPrefix } from "../store/keys.ts";
+import { cellKey, charmStateKey, queueShardPrefix } from "../store/keys.ts";
+import { runSnapshot } from "../store/run_snapshot.ts";
 import type { CharmState } from "../charm/charm.ts";
 import { fanout, offsetMs, slotsInWindow, TICK_MS, tickOf } from "./fanout.ts";
 import type { RunMessage } from "./messages.ts";
@@ -371,4 +372,69 @@ Deno.test("tick() hands a failed fan-out back to the cron before draining, so it
   t.setClock(TICK + TICK_MS);
   await tick(t.deps, { mode: "cron" });
   assert.equal(drains, 1);
+});
+
+Deno.test("fanout() gives each kv job of a first slot a snapshot of its charm's state and cells, if small", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const queue = kvQueue(kv, { owner: "test", leaseMs: 60_000, maxInFlight: 1 });
+  // Two slots per tick.
+  const t = await setup({ kv, queue, policy: { intervalMs: 30_000 } });
+  await using _deps = t.deps;
+  const refs = await t.addCharms(3);
+  // Too big for a snapshot: its run reads for itself.
+  await kv.set(cellKey(refs[2]!, "result"), { big: "x".repeat(5_000) });
+  const jobsNow = async () => {
+    const all: Job[] = [];
+    for (let shard = 0; shard < DEFAULT_SHARDS; shard++) {
+      for await (
+        const { value } of kv.list<Job>({ prefix: queueShardPrefix(shard) })
+      ) {
+        all.push(value);
+      }
+    }
+    return all;
+  };
+  const options = { integration: "manual", fromMs: TICK, id: "cron" };
+  assert.equal(
+    (await fanout(t.deps, { ...options, tickMs: TICK })).enqueued,
+    6,
+  );
+  for (const job of await jobsNow()) {
+    const message = job.message as RunMessage;
+    const i = refs.findIndex((ref) => ref.charmId === message.charmId);
+    if (message.slot !== TICK || i === 2) {
+      assert.equal(
+        job.snapshot,
+        undefined,
+        `${message.charmId}@${message.slot}`,
+      );
+      continue;
+    }
+    const [state, argument, result] = await kv.getMany<
+      [CharmState, unknown, unknown]
+    >([
+      charmStateKey(refs[i]!),
+      cellKey(refs[i]!, "argument"),
+      cellKey(refs[i]!, "result"),
+    ]);
+    assert.deepEqual(job.snapshot, runSnapshot(state, argument, result));
+    assert.ok(state.versionstamp !== null && argument.versionstamp !== null);
+  }
+
+  // A charm of another integration between them in key order: its cells lie
+  // in the page's range, which is then not read, and no job gets a snapshot.
+  const other = { space: SPACE, charmId: "c00000a" };
+  await createCharm(kv, other, RECIPES.get("counter")!, {}, TICK);
+  const later = TICK + TICK_MS;
+  t.setClock(later);
+  assert.equal(
+    (await fanout(t.deps, { ...options, tickMs: later, fromMs: later }))
+      .enqueued,
+    6,
+  );
+  const next = (await jobsNow()).filter((job) =>
+    (job.message as RunMessage).slot >= later
+  );
+  assert.equal(next.length, 6);
+  assert.ok(next.every((job) => job.snapshot === undefined));
 });

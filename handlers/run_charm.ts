@@ -63,6 +63,7 @@ import {
   encodeCell,
 } from "../store/cell_codec.ts";
 import { readRunInputs, writeCharmState } from "../store/charms.ts";
+import { runInputsFromSnapshot } from "../store/run_snapshot.ts";
 import { writeDeadLetter } from "../store/dead_letters.ts";
 import { countRun } from "../store/recent_runs.ts";
 import {
@@ -208,15 +209,19 @@ export async function runCharm(
 }
 
 /**
- * Starts a run's first read ahead of its delivery (`handlers/prefetch.ts`);
- * resolves to `null` if the read fails, and the delivery reads again.
+ * Starts a run's first read ahead of its delivery (`handlers/prefetch.ts`),
+ * or takes it from the `snapshot` the message was enqueued with
+ * (`store/run_snapshot.ts`); resolves to `null` if the read fails, and the
+ * delivery reads again.
  */
 export function prefetchRun(
   deps: ServiceDeps,
   message: RunMessage,
+  snapshot?: unknown,
 ): Promise<RunRead | null> {
   const ref: CharmRef = { space: message.space, charmId: message.charmId };
-  return _firstRead(deps, ref, runKeyOf(message), message).catch(() => null);
+  return _firstRead(deps, ref, runKeyOf(message), message, snapshot)
+    .catch(() => null);
 }
 
 /** The read a delivery starts with: see `_readFirstTry`. */
@@ -225,9 +230,10 @@ function _firstRead(
   ref: CharmRef,
   run: string,
   message: RunMessage,
+  snapshot?: unknown,
 ): Promise<RunRead> {
   return message.attempt === 1 && !_prepares(deps, message)
-    ? _readFirstTry(deps, ref, run, message)
+    ? _readFirstTry(deps, ref, run, message, snapshot)
     : _readRun(deps.kv, ref, run);
 }
 
@@ -266,20 +272,25 @@ async function _readRun(
  * The first read of a first attempt. Most such runs find no lease and no run
  * record, and a pure run does not need to look: it reads the state (which
  * carries the record's recipe) and cells (three keys, not six: the KV's
- * per-key cost bounds throughput),
- * and its outcome commit checks the lease and the record absent. If either
- * exists (a duplicate delivery, a leased run of the charm) that commit fails
- * and the claim loop reads all six. Any other run reads the lease and record
- * too, before it decides anything on them (a run whose integration prepares
- * it is never pure, so it reads all six at once instead of coming here).
+ * per-key cost bounds throughput), or takes them from the fan-out's
+ * `snapshot` and reads nothing, and its outcome commit checks the lease and
+ * the record absent and every other entry unchanged. If anything differs (a
+ * duplicate delivery, a leased run of the charm, a stale snapshot) that
+ * commit fails and the claim loop reads all six. Any other run reads the
+ * lease and record too, before it decides anything on them (a run whose
+ * integration prepares it is never pure, so it reads all six at once instead
+ * of coming here).
  */
 async function _readFirstTry(
   deps: ServiceDeps,
   ref: CharmRef,
   run: string,
   message: RunMessage,
+  snapshot?: unknown,
 ): Promise<RunRead> {
-  const [charm, state, argument, result] = await readRunInputs(deps.kv, ref);
+  const [charm, state, argument, result] =
+    runInputsFromSnapshot(ref, snapshot) ??
+      await readRunInputs(deps.kv, ref);
   const assumedAbsent = <T>(key: Deno.KvKey): Deno.KvEntryMaybe<T> => ({
     key,
     value: null,

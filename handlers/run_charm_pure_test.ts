@@ -24,6 +24,7 @@ import {
 } from "../test/test_deps.ts";
 import { directDelivery } from "../queue/queue.ts";
 import { countingKv } from "../bench/counting_kv.ts";
+import { runSnapshot } from "../store/run_snapshot.ts";
 import { dispatch, prefetchMessages } from "./dispatch.ts";
 import { Prefetched } from "./prefetch.ts";
 import { type Lease, runCharm, type RunRecord } from "./run_charm.ts";
@@ -404,4 +405,62 @@ Deno.test("dispatch() reads for itself when the prefetched read failed or is ano
   // Each ran once, on a fresh read: no conflict, no re-run.
   assert.equal(counter.executions(), 2);
   assert.equal(await t.runs(ref), 2);
+});
+
+Deno.test("dispatch() runs a pure first try from its fan-out snapshot without a read, and reads again once it went stale", async () => {
+  const { t, ref, counter } = await openCounter();
+  await using _deps = t.deps;
+  const { kv: counted, counts } = countingKv(t.kv);
+  const deps = { ...t.deps, kv: counted };
+  const direct = directDelivery(counted);
+  const snapshotNow = async () => {
+    const [state, argument, result] = await t.kv.getMany<
+      [CharmState, unknown, unknown]
+    >([charmStateKey(ref), cellKey(ref, "argument"), cellKey(ref, "result")]);
+    return runSnapshot(state, argument, result);
+  };
+
+  const a = runMessageFor(ref, SLOT);
+  const [forA] = prefetchMessages(deps, [a], [await snapshotNow()]);
+  assert.equal(
+    await dispatch(deps, a, { ...direct, prefetched: forA }),
+    "succeeded",
+  );
+  // No read at all: one commit.
+  assert.deepEqual(
+    [counts.get, counts.getMany, counts.list, counts.commit],
+    [0, 0, 0, 1],
+  );
+  assert.equal(await t.runs(ref), 1);
+
+  // The result changes after the snapshot: the run's commit sees it, and the
+  // run reads again and counts on from what is there.
+  const b = runMessageFor(ref, SLOT + 60_000);
+  const stale = await snapshotNow();
+  await t.kv.set(cellKey(ref, "result"), { runs: 10 });
+  const [forB] = prefetchMessages(deps, [b], [stale]);
+  assert.equal(
+    await dispatch(deps, b, { ...direct, prefetched: forB }),
+    "succeeded",
+  );
+  assert.equal(await t.runs(ref), 11);
+  assert.equal(counter.executions(), 3);
+  const state = await t.kv.get<CharmState>(charmStateKey(ref));
+  assert.equal(state.value?.totalSuccesses, 2);
+});
+
+Deno.test("dispatch() reads for itself when a snapshot is malformed", async () => {
+  const { t, ref, counter } = await openCounter();
+  await using _deps = t.deps;
+  const { kv: counted, counts } = countingKv(t.kv);
+  const deps = { ...t.deps, kv: counted };
+  const a = runMessageFor(ref, SLOT);
+  const [forA] = prefetchMessages(deps, [a], [{ state: "not an entry" }]);
+  assert.equal(
+    await dispatch(deps, a, { ...directDelivery(counted), prefetched: forA }),
+    "succeeded",
+  );
+  assert.equal(counts.getMany, 1);
+  assert.equal(counter.executions(), 1);
+  assert.equal(await t.runs(ref), 1);
 });

@@ -13,7 +13,9 @@
  *   the lease ends.
  * - **Prefetch**: the listener's `prefetch` starts the claimed batch's reads
  *   at once, before the jobs get a slot, so their runs reach the group
- *   commit together.
+ *   commit together. A job enqueued with a snapshot (what its run would read
+ *   first, `store/run_snapshot.ts`) hands it to `prefetch` on its first
+ *   claim, and the claim drops it from the job.
  * - **Completion** deletes the leased key: in the handler's own outcome commit
  *   when it commits through `delivery.commit`, else right after the handler
  *   returns.
@@ -60,6 +62,11 @@ export interface Job {
   /** When it was (last) due: for the oldest-due-age figure. */
   dueAt: number;
   leasedBy: string | null;
+  /**
+   * The enqueuer's snapshot for the first delivery (`EnqueueOptions`);
+   * dropped by the claim, so a redelivery reads for itself.
+   */
+  snapshot?: unknown;
 }
 
 /** Options for {@linkcode kvQueue}. */
@@ -191,8 +198,9 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
         });
         continue;
       }
+      const { snapshot: _snapshot, ...kept } = job;
       const value: Job = {
-        ...job,
+        ...kept,
         deliveries: job.deliveries + 1,
         leasedBy: options.owner,
         dueAt: job.leasedBy === null ? entry.key[2] as number : job.dueAt,
@@ -287,13 +295,23 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
     await op.commit();
   }
 
-  /** The listener's prefetch of `entries`; none if it throws. */
+  /**
+   * The listener's prefetch of the claimed `entries`, with the snapshots the
+   * jobs had before the claim (`due`); none if it throws.
+   */
   function _prefetch(
     prefetch: Prefetch,
     entries: Deno.KvEntry<Job>[],
+    due: Deno.KvEntry<Job>[],
   ): unknown[] {
     try {
-      return prefetch(entries.map(({ value }) => value.message));
+      const snapshots = new Map(
+        due.map(({ value }) => [value.id, value.snapshot]),
+      );
+      return prefetch(
+        entries.map(({ value }) => value.message),
+        entries.map(({ value }) => snapshots.get(value.id)),
+      );
     } catch (error) {
       // Only an early start of the handlers' own work: they do without.
       log.warn("Prefetch failed: {error}", { error: toError(error).message });
@@ -397,13 +415,14 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
           try {
             // One claim commit per batch, whatever its size: claim a
             // full one.
-            const entries = await claim(await findDue(claimBatch));
+            const due = await findDue(claimBatch);
+            const entries = await claim(due);
             const t = now();
             // The batch's reads start now, together, not one per free slot:
             // then many runs reach their outcome commit at once, and the
             // group commits are bigger (docs/benchmarks.md).
             const prefetched = entries.length > 0 && prefetch
-              ? _prefetch(prefetch, entries)
+              ? _prefetch(prefetch, entries, due)
               : [];
             entries.forEach((entry, i) =>
               buffer.push({ entry, claimedAt: t, prefetched: prefetched[i] })
@@ -459,6 +478,7 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
 
   return {
     name: "kv",
+    keepsSnapshots: true,
     enqueue(
       op: Deno.AtomicOperation,
       message: Message,
@@ -475,6 +495,9 @@ export function kvQueue(kv: Deno.Kv, options: KvQueueOptions): QueueDriver {
         enqueuedAt: now(),
         dueAt,
         leasedBy: null,
+        ...(enqueue.snapshot === undefined
+          ? {}
+          : { snapshot: enqueue.snapshot }),
       };
       // One wake-up per commit is enough, however many jobs it enqueues.
       if (!woken.has(op)) {

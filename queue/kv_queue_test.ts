@@ -379,3 +379,71 @@ Deno.test({
     assert.equal((await jobs(kv)).length, 0);
   },
 });
+
+Deno.test({
+  name:
+    "kv queue: a job's snapshot goes to the prefetch of its first claim only, and is not kept once claimed",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    using kv = await Deno.openKv(":memory:");
+    const queue = kvQueue(kv, {
+      owner: "t",
+      leaseMs: 60_000,
+      maxInFlight: 2,
+      maxChecks: LOCAL_MAX_CHECKS,
+      backoffSchedule: [0],
+    });
+    assert.equal(queue.keepsSnapshots, true);
+    const op = kv.atomic();
+    for (const m of messages(2)) {
+      queue.enqueue(op, m, {
+        delayMs: 0,
+        undeliveredKey: ["dead", m.charmId],
+        snapshot: { of: m.charmId },
+      });
+    }
+    await op.commit();
+    assert.deepEqual(
+      (await jobs(kv)).map((job) => job.snapshot).sort((a, b) =>
+        JSON.stringify(a).localeCompare(JSON.stringify(b))
+      ),
+      messages(2).map((m) => ({ of: m.charmId })),
+    );
+    const prefetched: unknown[][] = [];
+    const kept: unknown[] = [];
+    let failed = false;
+    const { delivered } = await queue.drain!(
+      async (raw) => {
+        // While it runs, the leased job holds no snapshot.
+        for (const job of await jobs(kv)) {
+          if (job.leasedBy !== null) kept.push(job.snapshot);
+        }
+        // The first delivery of the first message fails: its redelivery
+        // reads for itself.
+        if (!failed && (raw as Message).charmId === messages(1)[0]!.charmId) {
+          failed = true;
+          throw new Error("first try fails");
+        }
+      },
+      5_000,
+      {
+        prefetch(raws, snapshots) {
+          assert.equal(snapshots.length, raws.length);
+          prefetched.push([...snapshots]);
+          return raws.map(() => undefined);
+        },
+      },
+    );
+    assert.equal(delivered, 3);
+    const [first, again] = prefetched;
+    assert.deepEqual(
+      new Set(first!.map((s) => JSON.stringify(s))),
+      new Set(messages(2).map((m) => JSON.stringify({ of: m.charmId }))),
+    );
+    assert.deepEqual(again, [undefined]);
+    assert.ok(kept.length >= 3);
+    assert.ok(kept.every((snapshot) => snapshot === undefined));
+    assert.equal((await jobs(kv)).length, 0);
+  },
+});

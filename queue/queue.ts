@@ -17,6 +17,14 @@ export interface EnqueueOptions {
   delayMs: number;
   /** Where the message is written if it can never be delivered. */
   undeliveredKey: Deno.KvKey;
+  /**
+   * What the handler's first read would find, as the enqueuer just read it
+   * (`store/run_snapshot.ts`), for drivers that keep it
+   * ({@linkcode QueueDriver.keepsSnapshots}): handed to the
+   * {@linkcode Prefetch} of the first delivery only. Not part of the message:
+   * retries, dead letters and undelivered messages never carry it.
+   */
+  snapshot?: unknown;
 }
 
 /** What a delivery's {@linkcode Delivery.commit} resolves to. */
@@ -49,11 +57,16 @@ export interface Delivery {
 /**
  * Starts, for messages a driver has claimed ahead of their delivery, what
  * their handler will do first (its KV reads), so that a batch's reads run
- * together instead of one per free slot. Returns one value per message
- * (opaque to the driver), handed to the handler as
- * {@linkcode Delivery.prefetched}; it must not throw or reject.
+ * together instead of one per free slot. `snapshots` holds, for each message,
+ * the snapshot it was enqueued with on its first delivery (else `undefined`):
+ * a message with one needs no read. Returns one value per message (opaque to
+ * the driver), handed to the handler as {@linkcode Delivery.prefetched}; it
+ * must not throw or reject.
  */
-export type Prefetch = (raws: readonly unknown[]) => unknown[];
+export type Prefetch = (
+  raws: readonly unknown[],
+  snapshots: readonly unknown[],
+) => unknown[];
 
 /** How a driver delivers, besides the handler. */
 export interface ListenOptions {
@@ -85,6 +98,14 @@ export interface QueueDepth {
 export interface QueueDriver {
   /** Driver name, logged at startup and shown in `/api/status`. */
   readonly name: string;
+  /**
+   * Whether {@linkcode EnqueueOptions.snapshot} is kept: then enqueuers read
+   * one for their messages. The `kv` driver keeps it with the job. The
+   * native queue does not: every dequeue of the local native queue scans its
+   * whole backlog, and bigger messages made its runs slower, not faster
+   * (docs/benchmarks.md).
+   */
+  readonly keepsSnapshots?: boolean;
   /** Adds the enqueue of `message` to `op`; it is sent when `op` commits. */
   enqueue(
     op: Deno.AtomicOperation,

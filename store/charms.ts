@@ -241,22 +241,24 @@ export function recordOf(
 }
 
 /**
- * A charm's record, its state and both cells, as a run reads them: three
- * keys when the state carries the record's copy (every state written since
- * it does), else the record too. The record is a value, not an entry:
- * nothing checks it (it never changes).
+ * A charm's record (`null`: no such charm), its state and both cells. The
+ * record is a value, not an entry: nothing checks it (it never changes).
+ */
+export type RunInputs = [
+  Charm | null,
+  Deno.KvEntryMaybe<CharmState>,
+  Deno.KvEntryMaybe<unknown>,
+  Deno.KvEntryMaybe<unknown>,
+];
+
+/**
+ * A run's inputs, as a run reads them: three keys when the state carries the
+ * record's copy (every state written since it does), else the record too.
  */
 export async function readRunInputs(
   kv: Deno.Kv,
   ref: CharmRef,
-): Promise<
-  [
-    Charm | null,
-    Deno.KvEntryMaybe<CharmState>,
-    Deno.KvEntryMaybe<unknown>,
-    Deno.KvEntryMaybe<unknown>,
-  ]
-> {
+): Promise<RunInputs> {
   const [state, argument, result] = await kv.getMany<
     [CharmState, unknown, unknown]
   >([
