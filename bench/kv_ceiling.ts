@@ -5,23 +5,28 @@
  * repetitions, no end-to-end figure beats its ceiling on the same KV.
  *
  * - {@linkcode kvCeiling}: the `kv` driver's requests for pure runs. N charms
- *   seeded as the service stores them and N jobs in the job table; then, in
- *   batches of {@linkcode BATCH}: one `list` of due jobs (more when a shard
- *   runs dry), one claim commit, one `getMany` per run of the three keys a
- *   pure first try reads (its state, which carries the record's recipe, and
- *   both cells), and one commit of the batch's outcomes (the checks
- *   and writes of `handlers/run_charm.ts`'s pure path, the job deletes). Two
- *   loops on disjoint shards keep the SQLite thread busy.
+ *   seeded as the service stores them and N jobs in the job table, each with
+ *   its run's snapshot (`store/run_snapshot.ts`, read before the clock
+ *   starts); then, in batches of {@linkcode BATCH}: one `list` of due jobs
+ *   (more when a shard runs dry), one claim commit (the jobs written back
+ *   without their snapshots), and one commit of the batch's outcomes (the
+ *   checks and writes of `handlers/run_charm.ts`'s pure path, the job
+ *   deletes). No read per run: a pure first try takes its state and cells
+ *   from the snapshot. Two loops on disjoint shards keep the SQLite thread
+ *   busy.
  * - With `withFanout`, the jobs are not seeded before the clock starts: they
  *   are enqueued while the loops run, with the KV requests of a fan-out
  *   (`handlers/fanout.ts`), as the end-to-end figures are timed from the
  *   fan-out's start. Per page of 100 registered charms: one registry `list`,
- *   one range `list` (their states), one commit (the fan-out
- *   record checked and set, the jobs, the wake-up `sum`). This is the
- *   ceiling an end-to-end figure compares with; the other says what the runs
- *   alone cost.
- * - {@linkcode nativeCeiling}: the same fan-out enqueueing native messages,
- *   and a `listenQueue` handler making a pure run's requests.
+ *   two range `list`s (their states; their cells, for the snapshots), one
+ *   commit (the fan-out record checked and set, the jobs, the wake-up
+ *   `sum`). This is the ceiling an end-to-end figure compares with; the other
+ *   says what the runs alone cost.
+ * - {@linkcode nativeCeiling}: the same fan-out enqueueing native messages
+ *   (no snapshots: the native driver keeps none), and a `listenQueue`
+ *   handler making a pure run's requests: a three-key `getMany` (its state,
+ *   which carries the record's recipe, and both cells) and the outcome
+ *   commit.
  *
  * @module
  */
@@ -47,6 +52,13 @@ import { noopRecipe } from "./recipes.ts";
 import { type ThreadBusy, threadBusy, threadCpu } from "./threads.ts";
 import { benchCharmRef, seedCharmsBatched } from "./seed.ts";
 import { recordOf, writeCharmState } from "../store/charms.ts";
+import { getManyByRange } from "../store/kv_util.ts";
+import {
+  readPageCells,
+  runInputsFromSnapshot,
+  type RunSnapshot,
+  runSnapshot,
+} from "../store/run_snapshot.ts";
 
 /**
  * Jobs per claim and per outcome commit: as many as one local commit takes.
@@ -82,7 +94,7 @@ export async function kvCeiling(
   await seedCharmsBatched(kv, { recipe: noopRecipe, count: runs });
   const feed = new _Feed();
   let n = 0;
-  const enqueueJob = (op: Deno.AtomicOperation, ref: CharmRef) => {
+  const enqueueJob: _Enqueue = (op, ref, snapshot) => {
     const id = `job-${n}`;
     const job: Job = {
       id,
@@ -93,15 +105,19 @@ export async function kvCeiling(
       enqueuedAt: slot,
       dueAt: slot,
       leasedBy: null,
+      ...(snapshot === null ? {} : { snapshot }),
     };
     op.set(queueJobKey(n++ % DEFAULT_SHARDS, slot, id), job);
   };
   if (!withFanout) {
     for (let i = 0; i < runs; i += FANOUT_PAGE) {
+      const refs = Array.from(
+        { length: Math.min(runs, i + FANOUT_PAGE) - i },
+        (_, j) => benchCharmRef(i + j),
+      );
+      const snapshots = await _snapshots(kv, refs);
       const op = kv.atomic();
-      for (let j = i; j < Math.min(runs, i + FANOUT_PAGE); j++) {
-        enqueueJob(op, benchCharmRef(j));
-      }
+      refs.forEach((ref, j) => enqueueJob(op, ref, snapshots[j]!));
       await op.commit();
     }
     feed.finish();
@@ -109,7 +125,9 @@ export async function kvCeiling(
 
   return await _timed(kv, runs, () =>
     Promise.all([
-      withFanout ? _fanout(kv, slot, feed, enqueueJob, { wake: true }) : null,
+      withFanout
+        ? _fanout(kv, slot, feed, enqueueJob, { snapshots: true })
+        : null,
       ...Array.from({ length: LOOPS }, (_, loop) => _loop(kv, loop, feed)),
     ]));
 }
@@ -158,7 +176,7 @@ export async function nativeCeiling(
           op.enqueue(_message(ref, slot), {
             delay: 0,
             keysIfUndelivered: [["undelivered", ref.charmId]],
-          }), { wake: false }),
+          }), { snapshots: false }),
         allHandled,
       ]));
   } finally {
@@ -230,13 +248,24 @@ class _Feed {
   }
 }
 
-/** A fan-out's KV requests: a run per registered charm, a page at a time. */
+/** Adds the enqueue of a run of `ref` (with its snapshot, if any) to `op`. */
+type _Enqueue = (
+  op: Deno.AtomicOperation,
+  ref: CharmRef,
+  snapshot: RunSnapshot | null,
+) => void;
+
+/**
+ * A fan-out's KV requests: a run per registered charm, a page at a time.
+ * With `snapshots` (the `kv` driver), each page's cells are read too, and
+ * the driver's wake-up key summed.
+ */
 async function _fanout(
   kv: Deno.Kv,
   slot: number,
   feed: _Feed,
-  enqueue: (op: Deno.AtomicOperation, ref: CharmRef) => void,
-  { wake }: { wake: boolean },
+  enqueue: _Enqueue,
+  { snapshots }: { snapshots: boolean },
 ): Promise<void> {
   const record = fanoutKey("manual", slot, "bench");
   // The fan-out's claim of its record.
@@ -255,20 +284,17 @@ async function _fanout(
       refs.push({ space: key.at(-2) as DidKey, charmId: String(key.at(-1)) });
     }
     if (refs.length === 0) break;
-    // The states alone (each carries its record's recipe), as the fan-out
-    // reads them.
-    const states = {
-      start: charmStateKey(refs[0]!),
-      end: [...charmStateKey(refs.at(-1)!), ""],
-    };
-    for await (const _ of kv.list(states, { limit: refs.length * 4 })) {
-      // Read only.
-    }
+    // The states (each carries its record's recipe) by one range, as the
+    // fan-out reads them, and for snapshots the cells by another.
+    const read = snapshots
+      ? await _snapshots(kv, refs)
+      : await getManyByRange<CharmState>(kv, refs.map(charmStateKey))
+        .then(() => refs.map(() => null));
     const op = kv.atomic().check(entry);
-    for (const ref of refs) enqueue(op, ref);
+    refs.forEach((ref, i) => enqueue(op, ref, read[i]!));
     cursor = iterator.cursor;
     // The `kv` driver wakes idle workers once per enqueue commit.
-    if (wake) op.sum(queueWakeKey(), 1n);
+    if (snapshots) op.sum(queueWakeKey(), 1n);
     commit = await op.set(record, { cursor }).commit();
     feed.notify();
     if (refs.length < FANOUT_PAGE) break;
@@ -277,6 +303,19 @@ async function _fanout(
     throw new Error("The ceiling's fan-out commit failed a check");
   }
   feed.finish();
+}
+
+/** The snapshots of `refs`' runs, read as the fan-out reads them. */
+async function _snapshots(
+  kv: Deno.Kv,
+  refs: CharmRef[],
+): Promise<(RunSnapshot | null)[]> {
+  const [states, cells] = await Promise.all([
+    getManyByRange<CharmState>(kv, refs.map(charmStateKey)),
+    readPageCells(kv, refs),
+  ]);
+  if (cells === null) throw new Error("The ceiling's charms are contiguous");
+  return refs.map((_, i) => runSnapshot(states[i]!, ...cells[i]!));
 }
 
 /** What a pure first try reads, and checks absent without reading. */
@@ -297,6 +336,24 @@ async function _pureRead(kv: Deno.Kv, message: RunMessage): Promise<_PureRead> {
     cellKey(message, "argument"),
     cellKey(message, "result"),
   ]);
+  return _assumed(message, state, argument, result);
+}
+
+/** The same from the job's snapshot, as the run takes it: no read. */
+function _snapshotRead(message: RunMessage, snapshot: unknown): _PureRead {
+  const inputs = runInputsFromSnapshot(message, snapshot);
+  if (inputs === null) throw new Error("The ceiling's job has no snapshot");
+  const [, state, argument, result] = inputs;
+  return _assumed(message, state, argument, result);
+}
+
+/** A pure first try's read, with the lease and run record assumed absent. */
+function _assumed(
+  message: RunMessage,
+  state: Deno.KvEntryMaybe<CharmState>,
+  argument: Deno.KvEntryMaybe<unknown>,
+  result: Deno.KvEntryMaybe<unknown>,
+): _PureRead {
   return [
     state,
     { key: charmLeaseKey(message), versionstamp: null },
@@ -373,16 +430,16 @@ async function _loop(kv: Deno.Kv, loop: number, feed: _Feed): Promise<void> {
     const claim = kv.atomic();
     const leased = due.map((entry) => {
       const key = queueJobKey(entry.key[1] as number, 9e15, entry.value.id);
-      claim.check(entry).delete(entry.key).set(key, entry.value);
+      // The claim drops the snapshot, as the driver's does.
+      const { snapshot: _snapshot, ...job } = entry.value;
+      claim.check(entry).delete(entry.key).set(key, job);
       return key;
     });
     if (!(await claim.commit()).ok) continue;
-    const reads = await Promise.all(
-      due.map(({ value: { message } }) => _pureRead(kv, message)),
-    );
     const outcome = kv.atomic();
-    due.forEach(({ value: { message } }, i) => {
-      _outcome(outcome, message, reads[i]!).delete(leased[i]!);
+    due.forEach(({ value: { message, snapshot } }, i) => {
+      const read = _snapshotRead(message, snapshot);
+      _outcome(outcome, message, read).delete(leased[i]!);
     });
     if (!(await outcome.commit()).ok) {
       throw new Error("The ceiling's outcome commit failed a check");
