@@ -37,7 +37,9 @@ import { logger } from "../lib/log.ts";
 import type { ServiceDeps } from "../service/deps.ts";
 import { readStatesWithRecords } from "../store/charms.ts";
 import { fanoutKey, undeliveredKey } from "../store/keys.ts";
+import { isTooLargeError } from "../store/kv_util.ts";
 import { readPageCells, runSnapshot } from "../store/run_snapshot.ts";
+import type { EnqueueOptions } from "../queue/queue.ts";
 import { runKeyOf, type RunMessage } from "./messages.ts";
 
 /** Length of one cron tick's window. */
@@ -199,8 +201,11 @@ export async function fanout(
 
   // With a driver that keeps snapshots, each run is enqueued with what its
   // first read would find: the states read here and the page's cells, one
-  // more range `list` per page instead of a read per run.
-  const snapshots = deps.queue.keepsSnapshots === true;
+  // more range `list` per page instead of a read per run. Not where runs
+  // could not use them: a run that `prepare`s (a token refresh) reads after
+  // it.
+  const snapshots = deps.queue.keepsSnapshots === true &&
+    integration.prepare === undefined;
   const readPage = async (cursor: string | null): Promise<_Page> => {
     const page = await config.fetchCharms(kv, { cursor, limit: pageSize });
     const [entries, cells] = await Promise.all([
@@ -220,7 +225,7 @@ export async function fanout(
       ? early
       : await readPage(cursor);
     const now = deps.now();
-    const op = kv.atomic().check(entry);
+    const runs: { message: RunMessage; options: EnqueueOptions }[] = [];
     let enqueued = 0;
     let skipped = 0;
     const skipNotes: {
@@ -251,8 +256,10 @@ export async function fanout(
       }
       const offset = offsetMs(ref, integration.id, policy.intervalMs);
       // For the first slot only: the first slot's run changes the state, so
-      // the next slot's would be stale.
-      const snapshot = cells?.[i] && stateEntry
+      // the next slot's would be stale (as it would be after a skip note).
+      // None of cells with secrets: no copy of them outside their cells.
+      const snapshot = cells?.[i] && stateEntry && !state?.skipReason &&
+          deps.recipes.get(charm!.recipe)?.secretPaths === undefined
         ? runSnapshot(stateEntry, ...cells[i])
         : null;
       for (const slot of slots) {
@@ -267,10 +274,13 @@ export async function fanout(
           attempt: 1,
           enqueuedAt: now,
         };
-        deps.queue.enqueue(op, message, {
-          delayMs: Math.max(0, slot + offset - now),
-          undeliveredKey: undeliveredKey(ref, runKeyOf(message), 1),
-          ...(snapshot !== null && slot === slots[0] ? { snapshot } : {}),
+        runs.push({
+          message,
+          options: {
+            delayMs: Math.max(0, slot + offset - now),
+            undeliveredKey: undeliveredKey(ref, runKeyOf(message), 1),
+            ...(snapshot !== null && slot === slots[0] ? { snapshot } : {}),
+          },
         });
         enqueued++;
       }
@@ -284,7 +294,14 @@ export async function fanout(
         ? { state: "done" as const, finishedAt: now }
         : {}),
     };
-    op.set(key, next, { expireIn: FANOUT_RECORD_TTL_MS });
+    const commitPage = (withSnapshots: boolean) => {
+      const op = kv.atomic().check(entry);
+      for (const { message, options } of runs) {
+        const { snapshot: _snapshot, ...without } = options;
+        deps.queue.enqueue(op, message, withSnapshots ? options : without);
+      }
+      return op.set(key, next, { expireIn: FANOUT_RECORD_TTL_MS }).commit();
+    };
     // The next page is read while this one commits: the reads do not depend
     // on the commit, and a fan-out's pages would otherwise wait for each
     // other's KV requests one by one (docs/benchmarks.md). Only reads: a
@@ -293,7 +310,17 @@ export async function fanout(
       ahead = readPage(page.cursor);
       ahead.catch(() => {});
     }
-    const commit = await op.commit();
+    let commit: Deno.KvCommitResult | Deno.KvCommitError;
+    try {
+      commit = await commitPage(cells !== null);
+    } catch (error) {
+      // A snapshot's size is a bound that can undercount (a string V8 keeps
+      // at two bytes a character, Latin-1 or not): a page over KV's limits
+      // goes without snapshots rather than never.
+      if (cells === null || !isTooLargeError(error)) throw error;
+      log.debug("A page with snapshots was too large; enqueued without them");
+      commit = await commitPage(false);
+    }
     if (commit.ok) {
       result.enqueued += enqueued;
       result.skipped += skipped;

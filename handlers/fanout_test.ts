@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { z } from "zod";
+import { defineRecipe } from "../charm/recipe.ts";
 import { RECIPES } from "../recipes/mod.ts";
 import {
   createCharm,
@@ -14,6 +16,9 @@ import {
 import { DEFAULT_SHARDS, type Job, kvQueue } from "../queue/kv_queue.ts";
 import { cellKey, charmStateKey, queueShardPrefix } from "../store/keys.ts";
 import { runSnapshot } from "../store/run_snapshot.ts";
+import { LOCAL_MAX_CHECKS } from "../store/kv_util.ts";
+import { countingKv } from "../bench/counting_kv.ts";
+import { dispatch, listenOptions } from "./dispatch.ts";
 import type { CharmState } from "../charm/charm.ts";
 import { fanout, offsetMs, slotsInWindow, TICK_MS, tickOf } from "./fanout.ts";
 import type { RunMessage } from "./messages.ts";
@@ -377,12 +382,30 @@ Deno.test("tick() hands a failed fan-out back to the cron before draining, so it
 Deno.test("fanout() gives each kv job of a first slot a snapshot of its charm's state and cells, if small", async () => {
   const kv = await Deno.openKv(":memory:");
   const queue = kvQueue(kv, { owner: "test", leaseMs: 60_000, maxInFlight: 1 });
+  // A recipe with secret fields: no copy of its cells in a job.
+  const secretive = defineRecipe({
+    name: "test-secretive",
+    description: "keeps a token",
+    argumentSchema: z.object({ token: z.string().default("t") }),
+    resultSchema: z.object({}),
+    secretPaths: { argument: [["token"]] },
+    initialResult: () => ({}),
+    handlers: { bgUpdater: () => Promise.resolve() },
+  });
   // Two slots per tick.
-  const t = await setup({ kv, queue, policy: { intervalMs: 30_000 } });
+  const t = await setup({
+    kv,
+    queue,
+    policy: { intervalMs: 30_000 },
+    recipes: new Map([...RECIPES, [secretive.name, secretive]]),
+  });
   await using _deps = t.deps;
   const refs = await t.addCharms(3);
   // Too big for a snapshot: its run reads for itself.
   await kv.set(cellKey(refs[2]!, "result"), { big: "x".repeat(5_000) });
+  const secret = { space: SPACE, charmId: "c00003" };
+  await createCharm(kv, secret, secretive, {}, TICK);
+  await registerCharm(kv, "manual", secret, TICK);
   const jobsNow = async () => {
     const all: Job[] = [];
     for (let shard = 0; shard < DEFAULT_SHARDS; shard++) {
@@ -397,12 +420,12 @@ Deno.test("fanout() gives each kv job of a first slot a snapshot of its charm's 
   const options = { integration: "manual", fromMs: TICK, id: "cron" };
   assert.equal(
     (await fanout(t.deps, { ...options, tickMs: TICK })).enqueued,
-    6,
+    8,
   );
   for (const job of await jobsNow()) {
     const message = job.message as RunMessage;
     const i = refs.findIndex((ref) => ref.charmId === message.charmId);
-    if (message.slot !== TICK || i === 2) {
+    if (message.slot !== TICK || i === 2 || i === -1) {
       assert.equal(
         job.snapshot,
         undefined,
@@ -430,11 +453,104 @@ Deno.test("fanout() gives each kv job of a first slot a snapshot of its charm's 
   assert.equal(
     (await fanout(t.deps, { ...options, tickMs: later, fromMs: later }))
       .enqueued,
-    6,
+    8,
   );
   const next = (await jobsNow()).filter((job) =>
     (job.message as RunMessage).slot >= later
   );
-  assert.equal(next.length, 6);
+  assert.equal(next.length, 8);
   assert.ok(next.every((job) => job.snapshot === undefined));
+});
+
+Deno.test("fanout() commits a page whose snapshots are over KV's limits without them", async () => {
+  // A snapshot's size is a bound; a Latin-1 string kept at two bytes a
+  // character (sliced from one that is not Latin-1, as a recipe's
+  // `text.slice()` may) serializes at twice what it counts. A page of 100
+  // such snapshots, with long charm ids, goes over KV's 800 KiB per commit.
+  const kv = await Deno.openKv(":memory:");
+  const queue = kvQueue(kv, { owner: "test", leaseMs: 60_000, maxInFlight: 1 });
+  const t = await setup({ kv, queue });
+  await using _deps = t.deps;
+  const note = ("\u20ac" + "\u00e9".repeat(3_505)).slice(1);
+  const refs = [];
+  for (let i = 0; i < 100; i++) {
+    const ref = { space: SPACE, charmId: `${"q".repeat(54)}${i + 10_000}` };
+    await createCharm(kv, ref, RECIPES.get("counter")!, {}, TICK);
+    await registerCharm(kv, "manual", ref, TICK);
+    await kv.set(cellKey(ref, "result"), { runs: 1, note });
+    refs.push(ref);
+  }
+  const [state, argument, result] = await kv.getMany<
+    [CharmState, unknown, unknown]
+  >([
+    charmStateKey(refs[0]!),
+    cellKey(refs[0]!, "argument"),
+    cellKey(refs[0]!, "result"),
+  ]);
+  assert.notEqual(runSnapshot(state, argument, result), null);
+
+  const options = { integration: "manual", fromMs: TICK, id: "cron" };
+  const done = await fanout(t.deps, { ...options, tickMs: TICK });
+  assert.equal(done.enqueued, 100);
+  let jobs = 0;
+  for (let shard = 0; shard < DEFAULT_SHARDS; shard++) {
+    for await (
+      const { value } of kv.list<Job>({ prefix: queueShardPrefix(shard) })
+    ) {
+      jobs++;
+      assert.equal(value.snapshot, undefined);
+    }
+  }
+  assert.equal(jobs, 100);
+});
+
+Deno.test("runs fanned out to the kv driver start from their snapshots: no reads but for a stale one", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const { kv: counted, counts } = countingKv(kv);
+  let clock = TICK;
+  const queue = kvQueue(counted, {
+    owner: "test",
+    leaseMs: 60_000,
+    maxInFlight: 5,
+    maxChecks: LOCAL_MAX_CHECKS,
+    now: () => clock,
+  });
+  const t = await setup({ kv: counted, queue, now: () => clock });
+  await using _deps = t.deps;
+  const refs = await t.addCharms(6);
+  const options = { integration: "manual", fromMs: TICK, id: "cron" };
+  assert.equal(
+    (await fanout(t.deps, { ...options, tickMs: TICK })).enqueued,
+    6,
+  );
+  // Disabled after its snapshot: its run must see it.
+  await setCharmDisabled(kv, refs[5]!, true, "by the test");
+  // Every run is due within the interval.
+  clock = TICK + 60_000;
+  Object.assign(counts, { get: 0, getMany: 0 });
+  const outcomes: unknown[] = [];
+  await queue.drain!(
+    async (raw, delivery) =>
+      void outcomes.push(await dispatch(t.deps, raw, delivery)),
+    5_000,
+    listenOptions(t.deps),
+  );
+  assert.deepEqual(
+    outcomes.toSorted(),
+    [
+      "skipped",
+      "succeeded",
+      "succeeded",
+      "succeeded",
+      "succeeded",
+      "succeeded",
+    ],
+  );
+  // One read: the disabled charm's, once its commit's check failed.
+  assert.deepEqual([counts.get, counts.getMany], [0, 1]);
+  const states = await kv.getMany<CharmState[]>(refs.map(charmStateKey));
+  assert.deepEqual(
+    states.map((s) => s.value!.totalSuccesses),
+    [1, 1, 1, 1, 1, 0],
+  );
 });

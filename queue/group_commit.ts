@@ -26,7 +26,7 @@
  */
 import { toError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
-import { keyId, LOCAL_MAX_CHECKS } from "../store/kv_util.ts";
+import { isTooLargeError, keyId, LOCAL_MAX_CHECKS } from "../store/kv_util.ts";
 import type { BuildCommit, CommitResult } from "./queue.ts";
 
 /**
@@ -145,7 +145,7 @@ export function groupCommitter(
         } catch (error) {
           // Too large for one operation: smaller groups from now on. (A KV
           // failure is reported by the parts' own commits.)
-          if (_tooLarge(error)) {
+          if (isTooLargeError(error)) {
             limit = Math.max(1, Math.floor(parts.length / 2));
             log.debug(
               "A group of {parts} was too large; groups of {limit} now: {error}",
@@ -192,12 +192,6 @@ export function groupCommitter(
       return waiting.length;
     },
   };
-}
-
-/** KV's refusal of an operation over its limits (checks, mutations, bytes). */
-function _tooLarge(error: unknown): boolean {
-  return error instanceof TypeError &&
-    /too many|too large/i.test(error.message);
 }
 
 /** One waiting outcome commit. */

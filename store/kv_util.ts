@@ -105,6 +105,12 @@ export function jsonSize(value: unknown): number {
   return new TextEncoder().encode(JSON.stringify(value) ?? "").length;
 }
 
+/** KV's refusal of an atomic operation over its limits (checks, mutations, bytes). */
+export function isTooLargeError(error: unknown): boolean {
+  return error instanceof TypeError &&
+    /too many|too large/i.test(error.message);
+}
+
 /** Checks one atomic operation may make on a local (SQLite) KV. */
 export const LOCAL_MAX_CHECKS = 100;
 

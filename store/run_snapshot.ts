@@ -15,7 +15,8 @@
  * again and runs on what it finds (`handlers/run_charm.ts`). It carries no
  * keys (the run rebuilds them from the message: keys are most of a small
  * snapshot's bytes), and it is kept only for the first try of the first slot
- * a fan-out enqueues, only up to {@linkcode MAX_SNAPSHOT_BYTES}.
+ * a fan-out enqueues, only up to {@linkcode MAX_SNAPSHOT_BYTES}, and never of
+ * cells with secrets or for a run that `prepare`s (the fan-out decides).
  *
  * @module
  */
@@ -39,9 +40,12 @@ export interface RunSnapshot {
 }
 
 /**
- * The most a snapshot may hold, bytes (V8's serialization, bounded): a fan-out
- * page enqueues 100 runs in one commit, and KV takes 800 KiB per commit. A
- * charm with bigger cells runs as before, reading them itself.
+ * The most a snapshot may hold, bytes, as `serializedSizeBound` counts them: a
+ * fan-out page enqueues 100 runs in one commit, and KV takes 800 KiB per
+ * commit. A charm with bigger cells runs as before, reading them itself. (The
+ * count can be half the truth for a Latin-1 string V8 keeps at two bytes a
+ * character; a page that goes over KV's limits that way commits without its
+ * snapshots, `handlers/fanout.ts`.)
  */
 export const MAX_SNAPSHOT_BYTES = 4096;
 
