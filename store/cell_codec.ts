@@ -44,8 +44,8 @@ export const REDACTED = "[redacted]";
 export type SecretPathsOf = Pick<AnyRecipe, "secretPaths">;
 
 /**
- * The cell value to store: `value` with each secret field sealed under the
- * current key. Returns `value` itself when there is nothing to seal.
+ * The cell value to store: a copy of `value` with each secret field sealed
+ * under the current key.
  *
  * @throws {CellTooLargeError} naming the cell when sealing makes it larger
  *   than a cell may be (sealed fields grow by about a third): callers
@@ -59,8 +59,12 @@ export async function encodeCell(
   value: unknown,
 ): Promise<unknown> {
   const paths = recipe.secretPaths?.[cell] ?? [];
-  if (keys === null || paths.length === 0) return value;
-  const copy = structuredClone(value);
+  // A copy through JSON, which cells are: its strings are fresh, at a byte a
+  // character when Latin-1. A string sliced from one that is not (a recipe's
+  // `text.slice()`) stays at two, through KV too, and the cell would then
+  // take twice what `cellSize` counts: over KV's 64 KiB where it allowed 60.
+  const copy = value === undefined ? value : JSON.parse(JSON.stringify(value));
+  if (keys === null || paths.length === 0) return copy;
   for (const path of paths) {
     const slot = _slot(copy, path);
     if (slot === null) continue;

@@ -134,7 +134,9 @@ export function cellSize(value: unknown): number {
  * An upper bound of `value`'s size in V8's structured serialization, for
  * JSON-like values: 9 bytes a number, a tag, a length and two bytes a
  * character for strings (one for Latin-1), tags and counts for objects and
- * arrays. Written here, not taken from a library: Deno exposes no way to
+ * arrays. A Latin-1 string V8 keeps at two bytes a character (one sliced from
+ * a string that is not Latin-1) takes twice what this counts: cells are
+ * stored as copies through JSON (`encodeCell`), whose strings are not. Written here, not taken from a library: Deno exposes no way to
  * serialize a value as KV does without writing it.
  */
 export function serializedSizeBound(value: unknown): number {
