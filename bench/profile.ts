@@ -7,8 +7,8 @@
  * ```
  *
  * Measurements: `baseline <file|memory> <messages>`, `e2e <native|kv>
- * <file|memory> <charms>`, `fanout <charms>` (in this process, not a
- * subprocess, so the profile sees it). Each prints its result as JSON.
+ * <file|memory> <charms>`, `fanout <charms> [native|kv]` (in this process,
+ * not a subprocess, so the profile sees it). Each prints its result as JSON.
  *
  * To measure a change to core code against the tree as it is, make it in a
  * copy (`git worktree add`) and run this file in both.
@@ -56,9 +56,14 @@ async function _main(): Promise<void> {
       recipe: noopRecipe,
       count: Number(rest[0]),
     });
+    // The native driver by default, as the fan-out benchmark runs it; `kv`
+    // to see what its snapshots cost (nothing listens: enqueues only).
+    const { queue, stop } = rest[1] === undefined
+      ? { queue: nativeQueue(store.kv), stop: () => {} }
+      : driverNamed(rest[1]).create(store.kv, 5, "profile");
     const deps = await benchDeps({
       kv: store.kv,
-      queue: nativeQueue(store.kv),
+      queue,
       recipes: benchRecipes(noopRecipe),
       maxConcurrent: 5,
     });
@@ -68,9 +73,10 @@ async function _main(): Promise<void> {
       enqueued: results[0]?.enqueued,
       elapsedMs: performance.now() - started,
     }));
+    stop();
   } else {
     throw new TypeError(
-      "usage: profile.ts baseline <kind> <n> | e2e <driver> <kind> <n> | fanout <n>",
+      "usage: profile.ts baseline <kind> <n> | e2e <driver> <kind> <n> | fanout <n> [driver]",
     );
   }
 }
