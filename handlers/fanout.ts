@@ -38,7 +38,11 @@ import type { ServiceDeps } from "../service/deps.ts";
 import { readStatesWithRecords } from "../store/charms.ts";
 import { fanoutKey, undeliveredKey } from "../store/keys.ts";
 import { isTooLargeError } from "../store/kv_util.ts";
-import { readPageCells, runSnapshot } from "../store/run_snapshot.ts";
+import {
+  readPageCells,
+  type RunSnapshot,
+  runSnapshot,
+} from "../store/run_snapshot.ts";
 import type { EnqueueOptions } from "../queue/queue.ts";
 import { runKeyOf, type RunMessage } from "./messages.ts";
 
@@ -225,7 +229,11 @@ export async function fanout(
       ? early
       : await readPage(cursor);
     const now = deps.now();
-    const runs: { message: RunMessage; options: EnqueueOptions }[] = [];
+    const runs: {
+      message: RunMessage;
+      options: EnqueueOptions;
+      snapshot: RunSnapshot | null;
+    }[] = [];
     let enqueued = 0;
     let skipped = 0;
     const skipNotes: {
@@ -258,7 +266,7 @@ export async function fanout(
       // For the first slot only: the first slot's run changes the state, so
       // the next slot's would be stale (as it would be after a skip note).
       // None of cells with secrets: no copy of them outside their cells.
-      const snapshot = cells?.[i] && stateEntry && !state?.skipReason &&
+      const snapshot = cells?.[i] && !state?.skipReason &&
           deps.recipes.get(charm!.recipe)?.secretPaths === undefined
         ? runSnapshot(stateEntry, ...cells[i])
         : null;
@@ -279,8 +287,8 @@ export async function fanout(
           options: {
             delayMs: Math.max(0, slot + offset - now),
             undeliveredKey: undeliveredKey(ref, runKeyOf(message), 1),
-            ...(snapshot !== null && slot === slots[0] ? { snapshot } : {}),
           },
+          snapshot: slot === slots[0] ? snapshot : null,
         });
         enqueued++;
       }
@@ -296,9 +304,14 @@ export async function fanout(
     };
     const commitPage = (withSnapshots: boolean) => {
       const op = kv.atomic().check(entry);
-      for (const { message, options } of runs) {
-        const { snapshot: _snapshot, ...without } = options;
-        deps.queue.enqueue(op, message, withSnapshots ? options : without);
+      for (const { message, options, snapshot } of runs) {
+        deps.queue.enqueue(
+          op,
+          message,
+          withSnapshots && snapshot !== null
+            ? { ...options, snapshot }
+            : options,
+        );
       }
       return op.set(key, next, { expireIn: FANOUT_RECORD_TTL_MS }).commit();
     };

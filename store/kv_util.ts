@@ -105,7 +105,10 @@ export function jsonSize(value: unknown): number {
   return new TextEncoder().encode(JSON.stringify(value) ?? "").length;
 }
 
-/** KV's refusal of an atomic operation over its limits (checks, mutations, bytes). */
+/**
+ * KV's refusal of an atomic operation over its limits (checks, mutations,
+ * bytes).
+ */
 export function isTooLargeError(error: unknown): boolean {
   return error instanceof TypeError &&
     /too many|too large/i.test(error.message);
@@ -136,8 +139,9 @@ export function cellSize(value: unknown): number {
  * character for strings (one for Latin-1), tags and counts for objects and
  * arrays. A Latin-1 string V8 keeps at two bytes a character (one sliced from
  * a string that is not Latin-1) takes twice what this counts: cells are
- * stored as copies through JSON (`encodeCell`), whose strings are not. Written here, not taken from a library: Deno exposes no way to
- * serialize a value as KV does without writing it.
+ * stored as copies through JSON (`encodeCell`), whose strings are not.
+ * Written here, not taken from a library: Deno exposes no way to serialize a
+ * value as KV does without writing it.
  */
 export function serializedSizeBound(value: unknown): number {
   return 2 + _bound(value);

@@ -128,32 +128,31 @@ export async function readPageCells(
   refs: readonly CharmRef[],
 ): Promise<[Deno.KvEntryMaybe<unknown>, Deno.KvEntryMaybe<unknown>][] | null> {
   if (refs.length === 0) return [];
-  const found = new Map<string, Deno.KvEntry<unknown>>();
-  const wanted = new Set<string>();
+  // Each cell starts absent; the range fills in those it holds.
+  const cells: Deno.KvEntryMaybe<unknown>[] = [];
+  const slots = new Map<string, number>();
   for (const ref of refs) {
-    wanted.add(keyId(cellKey(ref, "argument")));
-    wanted.add(keyId(cellKey(ref, "result")));
+    for (const name of ["argument", "result"] as const) {
+      const key = cellKey(ref, name);
+      slots.set(keyId(key), cells.length);
+      cells.push({ key, value: null, versionstamp: null });
+    }
   }
   try {
     for await (
       const entry of kv.list({
-        start: cellKey(refs[0]!, "argument"),
-        end: [...cellKey(refs.at(-1)!, "result"), ""],
+        start: cells[0]!.key,
+        end: [...cells.at(-1)!.key, ""],
         // One more than the page's own: any other charm's cell shows.
-      }, { limit: wanted.size + 1 })
+      }, { limit: cells.length + 1 })
     ) {
-      const id = keyId(entry.key);
-      if (!wanted.has(id)) return null;
-      found.set(id, entry);
+      const slot = slots.get(keyId(entry.key));
+      if (slot === undefined) return null;
+      cells[slot] = entry;
     }
   } catch (error) {
     if (isBusyError(error)) return null;
     throw error;
   }
-  const entry = (key: Deno.KvKey): Deno.KvEntryMaybe<unknown> =>
-    found.get(keyId(key)) ?? { key, value: null, versionstamp: null };
-  return refs.map((ref) => [
-    entry(cellKey(ref, "argument")),
-    entry(cellKey(ref, "result")),
-  ]);
+  return refs.map((_, i) => [cells[2 * i]!, cells[2 * i + 1]!]);
 }
